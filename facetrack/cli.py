@@ -50,11 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     top = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
     # Find the subcommand first, then give the rest to that command's own parser.
-    known, rest = top.parse_known_args(argv)
+    known, _ = top.parse_known_args(argv)
     if known.command is None:
         top.print_help()
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if known.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

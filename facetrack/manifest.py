@@ -1,0 +1,142 @@
+"""Inputs of a job: a folder, an ``s3://`` prefix, or a JSON/JSONL manifest of ``{"id", "video"}`` records.
+
+Ids are stable across runs: for a folder or prefix, a video's id is its path relative to the folder; for a
+manifest, the record's ``id`` (or its ``video`` when it has none). A manifest line that cannot be used
+becomes an :class:`InputError` that the job writes as an error row; it never stops the job.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+
+from facetrack import storage
+from facetrack.types import VideoRef
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (
+    ".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts",
+)
+MANIFEST_SUFFIXES = (".json", ".jsonl")
+
+
+@dataclass(slots=True)
+class InputError:
+    """An input that cannot be processed, reported as an error row under ``id``."""
+
+    id: str
+    video: str
+    error: str
+
+
+@dataclass(slots=True)
+class Inputs:
+    """The videos to process plus what was rejected while reading the input."""
+
+    videos: list[VideoRef] = field(default_factory=list)
+    errors: list[InputError] = field(default_factory=list)
+    skipped_extension: int = 0
+    duplicate_ids: list[str] = field(default_factory=list)
+
+
+def is_manifest(source: str) -> bool:
+    return source.lower().endswith(MANIFEST_SUFFIXES)
+
+
+def _normalise_extensions(extensions: tuple[str, ...] | list[str] | None) -> tuple[str, ...] | None:
+    if not extensions:
+        return None
+    return tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+
+
+def read_inputs(
+    source: str,
+    extensions: tuple[str, ...] | list[str] | None = VIDEO_EXTENSIONS,
+    video_root: str | None = None,
+) -> Inputs:
+    """List the videos named by ``source``.
+
+    Args:
+        source: a local folder, an ``s3://`` prefix, or a ``.json`` (list) / ``.jsonl`` manifest.
+        extensions: keep only videos with these extensions (case-insensitive); ``None`` keeps all.
+        video_root: base for relative ``video`` paths in a manifest (default: the manifest's folder).
+
+    Raises:
+        storage.NotFoundError: the folder, prefix or manifest does not exist or holds no file.
+    """
+    exts = _normalise_extensions(extensions)
+    if is_manifest(source):
+        return _read_manifest(source, exts, video_root)
+    return _read_folder(source, exts)
+
+
+def _read_folder(source: str, exts: tuple[str, ...] | None) -> Inputs:
+    inputs = Inputs()
+    root = source.rstrip("/")
+    found = False
+    for uri in storage.list_uris(root):
+        found = True
+        if exts is not None and not uri.lower().endswith(exts):
+            inputs.skipped_extension += 1
+            continue
+        rel = uri[len(root) :].lstrip("/")
+        inputs.videos.append(VideoRef(id=rel, uri=uri))
+    if not found:
+        raise storage.NotFoundError(f"{source}: no such folder or prefix, or it is empty")
+    return inputs
+
+
+def _resolve(video: str, base: str) -> str:
+    if storage.is_s3(video) or video.startswith("/") or video.startswith("file://"):
+        return video
+    return storage.join(base, video) if base else video
+
+
+def _manifest_records(text: str, source: str) -> list[tuple[int, object]]:
+    """(line or item number, parsed value or an exception) for each record of the manifest."""
+    if source.lower().endswith(".jsonl"):
+        out: list[tuple[int, object]] = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                out.append((lineno, ValueError(f"not valid JSON: {exc.msg}")))
+        return out
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(data, list):
+        raise ValueError(f"{source}: a .json manifest must hold a list of {{'id', 'video'}} records")
+    return list(enumerate(data, start=1))
+
+
+def _read_manifest(source: str, exts: tuple[str, ...] | None, video_root: str | None) -> Inputs:
+    inputs = Inputs()
+    base = video_root if video_root is not None else posixpath.dirname(source.rstrip("/"))
+    seen: set[str] = set()
+    name = posixpath.basename(source)
+    for number, record in _manifest_records(storage.read_text(source), source):
+        where = f"{name}:{number}"
+        if isinstance(record, Exception):
+            inputs.errors.append(InputError(id=where, video="", error=f"bad manifest record {where}: {record}"))
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("video"), str) or not record["video"]:
+            inputs.errors.append(
+                InputError(id=where, video="", error=f"bad manifest record {where}: needs a 'video' string")
+            )
+            continue
+        video = record["video"]
+        vid = record.get("id", video)
+        vid = str(vid) if isinstance(vid, (str, int)) and str(vid) else video
+        if vid in seen:
+            inputs.duplicate_ids.append(vid)
+            continue
+        seen.add(vid)
+        if exts is not None and not video.lower().endswith(exts):
+            inputs.skipped_extension += 1
+            continue
+        inputs.videos.append(VideoRef(id=vid, uri=_resolve(video, base)))
+    return inputs

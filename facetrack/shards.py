@@ -1,0 +1,144 @@
+"""Output shards of a job: rows buffered and written as whole JSONL or Parquet files, never rewritten.
+
+A shard becomes visible only when complete (``storage.write_bytes`` is atomic), so a job killed at any
+point leaves whole shards behind. :func:`done_ids` reads them back so a re-run skips finished ids.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from facetrack import storage
+
+ShardFormat = Literal["jsonl", "parquet"]
+SHARD_DIR = "rows"
+
+
+def new_run_id() -> str:
+    """A sortable, unique name for one run: UTC time plus random hex."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def _encode(rows: list[dict[str, Any]], fmt: ShardFormat) -> bytes:
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows).encode()
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("Parquet output needs pyarrow: pip install 'facetrack[ray]'") from exc
+    # Nested dicts are stored as JSON text so every shard has the same flat schema.
+    flat = [{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(flat), buf)
+    return buf.getvalue()
+
+
+def read_shard(uri: str) -> list[dict[str, Any]]:
+    """Rows of one shard (JSON columns of Parquet shards decoded back to dicts)."""
+    if uri.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        rows = table.to_pylist()
+        for row in rows:
+            for key in ("main_track", "timings"):
+                if isinstance(row.get(key), str):
+                    row[key] = json.loads(row[key])
+        return rows
+    rows = []
+    for line in storage.read_text(uri).splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+def list_shards(out_uri: str) -> list[str]:
+    """Every shard under ``out_uri`` (sorted)."""
+    prefix = storage.join(out_uri, SHARD_DIR)
+    try:
+        return [u for u in storage.list_uris(prefix) if u.endswith((".jsonl", ".parquet"))]
+    except storage.NotFoundError:
+        return []
+
+
+def read_rows(out_uri: str) -> list[dict[str, Any]]:
+    """All rows written under ``out_uri`` so far."""
+    rows: list[dict[str, Any]] = []
+    for uri in list_shards(out_uri):
+        rows.extend(read_shard(uri))
+    return rows
+
+
+def done_ids(out_uri: str) -> set[str]:
+    """Ids that already have a row under ``out_uri`` (success or error)."""
+    return {str(r["id"]) for r in read_rows(out_uri)}
+
+
+class ShardWriter:
+    """Buffers rows and writes them as numbered shards ``rows/part-<run>-<n>.<fmt>`` under ``out_uri``.
+
+    A shard is flushed when it holds ``rows_per_shard`` rows or its oldest row is ``flush_seconds`` old,
+    so a slow job still makes its progress durable.
+    """
+
+    def __init__(
+        self,
+        out_uri: str,
+        fmt: ShardFormat = "jsonl",
+        rows_per_shard: int = 256,
+        flush_seconds: float = 60.0,
+        run_id: str | None = None,
+    ) -> None:
+        if fmt not in ("jsonl", "parquet"):
+            raise ValueError(f"unknown shard format {fmt!r}; use 'jsonl' or 'parquet'")
+        self.out_uri = out_uri
+        self.fmt: ShardFormat = fmt
+        self.rows_per_shard = max(1, rows_per_shard)
+        self.flush_seconds = flush_seconds
+        self.run_id = run_id or new_run_id()
+        self.shards_written: list[str] = []
+        self.rows_written = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._oldest = 0.0
+
+    def add(self, row: dict[str, Any]) -> None:
+        if not self._buffer:
+            self._oldest = time.monotonic()
+        self._buffer.append(row)
+        if len(self._buffer) >= self.rows_per_shard or self.due():
+            self.flush()
+
+    def add_many(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self.add(row)
+
+    def due(self) -> bool:
+        return bool(self._buffer) and time.monotonic() - self._oldest >= self.flush_seconds
+
+    def flush(self) -> str | None:
+        """Write the buffered rows as one shard; returns its URI (None when nothing was buffered)."""
+        if not self._buffer:
+            return None
+        name = f"part-{self.run_id}-{len(self.shards_written):05d}.{self.fmt}"
+        uri = storage.join(self.out_uri, SHARD_DIR, name)
+        storage.write_bytes(uri, _encode(self._buffer, self.fmt))
+        self.shards_written.append(uri)
+        self.rows_written += len(self._buffer)
+        self._buffer = []
+        return uri
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Rows already processed are kept even when the job stops on an error.
+        self.close()
