@@ -15,7 +15,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "track": ("track", "run face tracking on videos; write the tracks as JSON and a contact sheet"),
     "finetune": ("finetune", "LoRA instruction-tuning on FDA-format data with Ray Train + DeepSpeed"),
     "export": ("export", "package or merge a fine-tuned adapter into a checkpoint the captioner loads"),
-    "benchmark": ("benchmark", "score predictions against a benchmark (TEM, AutoDQ, CIDEr, ...) as a Ray job"),
+    "benchmark": (
+        "benchmark",
+        "score predictions against a benchmark (TEM, AutoDQ, CIDEr, ...) as a Ray job",
+    ),
     "tem": ("tem", "Temporal Event Matching of predictions against references, with a judge"),
     "submit": ("submit", "submit a facetrack job to a Ray cluster with `ray job submit`"),
     "samples": ("samples", "compose sample videos from face images that ship in packages"),

@@ -124,6 +124,7 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, source: str | Non
 
 def to_dict(config: Any) -> dict[str, Any]:
     """A plain mapping of a config dataclass (nested dataclasses become mappings, tuples lists)."""
+
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}

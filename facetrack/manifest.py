@@ -15,7 +15,17 @@ from facetrack import storage
 from facetrack.types import VideoRef
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
-    ".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts",
+    ".mp4",
+    ".avi",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".ts",
 )
 MANIFEST_SUFFIXES = (".json", ".jsonl")
 
@@ -57,7 +67,7 @@ def read_inputs(
     """List the videos named by ``source``.
 
     Args:
-        source: a local folder, an ``s3://`` prefix, or a ``.json`` (list) / ``.jsonl`` manifest.
+        source: a local folder, an ``s3://`` prefix, a ``.json`` (list) / ``.jsonl`` manifest, or one video.
         extensions: keep only videos with these extensions (case-insensitive); ``None`` keeps all.
         video_root: base for relative ``video`` paths in a manifest (default: the manifest's folder).
 
@@ -67,6 +77,8 @@ def read_inputs(
     exts = _normalise_extensions(extensions)
     if is_manifest(source):
         return _read_manifest(source, exts, video_root)
+    if source.lower().endswith(VIDEO_EXTENSIONS) and storage.exists(source):
+        return Inputs(videos=[VideoRef(id=posixpath.basename(source), uri=source)])
     return _read_folder(source, exts)
 
 
@@ -121,7 +133,9 @@ def _read_manifest(source: str, exts: tuple[str, ...] | None, video_root: str | 
     for number, record in _manifest_records(storage.read_text(source), source):
         where = f"{name}:{number}"
         if isinstance(record, Exception):
-            inputs.errors.append(InputError(id=where, video="", error=f"bad manifest record {where}: {record}"))
+            inputs.errors.append(
+                InputError(id=where, video="", error=f"bad manifest record {where}: {record}")
+            )
             continue
         if not isinstance(record, dict) or not isinstance(record.get("video"), str) or not record["video"]:
             inputs.errors.append(
