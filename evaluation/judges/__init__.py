@@ -1,0 +1,77 @@
+"""Judges behind one protocol, chosen by config: ``embedded`` (offline), ``openai`` (HTTP), ``transformers``.
+
+``build_judge(JudgeConfig(kind=...))`` returns a :class:`~evaluation.judges.base.Judge`; backends are
+imported only when chosen. Wrap a judge in :class:`~evaluation.judges.cache.CachedJudge` to cache its
+answers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+from evaluation.judges.base import Judge, JudgeError
+from evaluation.judges.embedded import EmbeddedJudgeConfig
+from evaluation.judges.local_hf import TransformersJudgeConfig
+from evaluation.judges.openai_compat import OpenAIJudgeConfig
+
+JudgeKind = Literal["embedded", "openai", "transformers"]
+
+# kind -> "module:factory"; the factory takes the JudgeConfig.
+JUDGES: dict[str, str] = {
+    "embedded": "evaluation.judges:_embedded",
+    "openai": "evaluation.judges:_openai",
+    "transformers": "evaluation.judges:_transformers",
+}
+
+__all__ = ["JUDGES", "Judge", "JudgeConfig", "JudgeError", "build_judge"]
+
+
+@dataclass
+class JudgeConfig:
+    """Which judge scores the captions, and the settings of each kind."""
+
+    kind: JudgeKind = "embedded"
+    max_parse_retries: int = 2
+    """LLM judges: how many times an unusable answer is asked again before the request fails."""
+    prompt_dir: str = ""
+    """LLM judges: a folder of prompt files to use instead of the shipped ones."""
+    embedded: EmbeddedJudgeConfig = field(default_factory=EmbeddedJudgeConfig)
+    openai: OpenAIJudgeConfig = field(default_factory=OpenAIJudgeConfig)
+    transformers: TransformersJudgeConfig = field(default_factory=TransformersJudgeConfig)
+
+
+def _embedded(config: JudgeConfig) -> Judge:
+    from evaluation.judges.embedded import EmbeddedJudge
+
+    return EmbeddedJudge(config.embedded)
+
+
+def _openai(config: JudgeConfig) -> Judge:
+    from evaluation.judges.llm import LLMJudge
+    from evaluation.judges.openai_compat import OpenAIChat
+
+    return LLMJudge(OpenAIChat(config.openai), config.prompt_dir or None, config.max_parse_retries)
+
+
+def _transformers(config: JudgeConfig) -> Judge:
+    from evaluation.judges.llm import LLMJudge
+    from evaluation.judges.local_hf import TransformersChat
+
+    return LLMJudge(
+        TransformersChat(config.transformers), config.prompt_dir or None, config.max_parse_retries
+    )
+
+
+def build_judge(config: JudgeConfig | None = None) -> Judge:
+    """The judge that ``config.kind`` names.
+
+    Raises:
+        ValueError: unknown kind or an incomplete config for that kind (e.g. no endpoint URL).
+    """
+    config = config or JudgeConfig()
+    if config.kind not in JUDGES:
+        raise ValueError(f"unknown judge kind {config.kind!r}; known: {', '.join(JUDGES)}")
+    module_name, factory = JUDGES[config.kind].split(":")
+    return getattr(importlib.import_module(module_name), factory)(config)

@@ -1,0 +1,74 @@
+"""CIDEr (pycocoevalcap's CIDEr-D) and ROUGE-L (rouge-score) of predictions against single references.
+
+CIDEr's document frequencies come from the references of the whole corpus, so a per-item CIDEr depends on
+the set it was computed with; the corpus value is the mean of the per-item values as pycocoevalcap
+reports it. Text is lower-cased and stripped of punctuation before scoring: by a small regular-expression
+tokenizer by default, or by pycocoevalcap's PTB tokenizer (``tokenizer="ptb"``, which needs Java).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Literal
+
+Tokenizer = Literal["simple", "ptb"]
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+EVAL_INSTALL = "pip install 'facetrack[eval]'"
+
+
+def tokenize(text: str) -> str:
+    """Lower-case words and numbers joined by single spaces; punctuation dropped (``she's`` kept whole)."""
+    return " ".join(_WORD.findall(text.lower().replace("’", "'")))
+
+
+def _tokenize_all(texts: Mapping[str, str], tokenizer: Tokenizer) -> dict[str, str]:
+    if tokenizer == "simple":
+        return {k: tokenize(v) for k, v in texts.items()}
+    try:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    except ImportError as exc:
+        raise ImportError(f"the PTB tokenizer needs pycocoevalcap: {EVAL_INSTALL}") from exc
+    out = PTBTokenizer().tokenize({k: [{"caption": v}] for k, v in texts.items()})
+    return {k: v[0] for k, v in out.items()}
+
+
+def cider(
+    predictions: Mapping[str, str], references: Mapping[str, str], tokenizer: Tokenizer = "simple"
+) -> tuple[float | None, dict[str, float]]:
+    """Corpus and per-item CIDEr-D over the ids present in both mappings.
+
+    Returns:
+        ``(corpus score, {id: item score})``; ``(None, {})`` when there is no common id.
+    """
+    try:
+        from pycocoevalcap.cider.cider import Cider
+    except ImportError as exc:
+        raise ImportError(f"CIDEr needs pycocoevalcap: {EVAL_INSTALL}") from exc
+    ids = sorted(set(predictions) & set(references))
+    if not ids:
+        return None, {}
+    preds = _tokenize_all({i: predictions[i] for i in ids}, tokenizer)
+    refs = _tokenize_all({i: references[i] for i in ids}, tokenizer)
+    score, per_item = Cider().compute_score({i: [refs[i]] for i in ids}, {i: [preds[i]] for i in ids})
+    return float(score), {i: float(s) for i, s in zip(ids, per_item)}
+
+
+def rouge_l(
+    predictions: Mapping[str, str], references: Mapping[str, str], tokenizer: Tokenizer = "simple"
+) -> tuple[float | None, dict[str, float]]:
+    """Mean and per-item ROUGE-L F-measure (longest common subsequence of tokens, no stemming)."""
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError as exc:
+        raise ImportError(f"ROUGE-L needs rouge-score: {EVAL_INSTALL}") from exc
+    ids = sorted(set(predictions) & set(references))
+    if not ids:
+        return None, {}
+    preds = _tokenize_all({i: predictions[i] for i in ids}, tokenizer)
+    refs = _tokenize_all({i: references[i] for i in ids}, tokenizer)
+    # Text is already tokenized; rouge-score's own tokenizer only splits it again on non-alphanumerics.
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    per_item = {i: float(scorer.score(refs[i], preds[i])["rougeL"].fmeasure) for i in ids}
+    return sum(per_item.values()) / len(per_item), per_item

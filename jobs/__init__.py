@@ -1,0 +1,1 @@
+"""Ray entry points of facetrack: the only package that imports ``ray``."""
