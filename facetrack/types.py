@@ -108,6 +108,8 @@ class FaceTrackResult:
     """``(T, S, S, 3)`` uint8 RGB crops of the main character at the model frames, or ``None``."""
     tracking_fps: float = 0.0
     n_tracking_frames: int = 0
+    tracking_times: list[float] = field(default_factory=list)
+    """Time (seconds) of each tracking frame; ``Track.frames`` index into it."""
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
