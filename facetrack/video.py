@@ -141,7 +141,7 @@ def plan_samples(duration: float, fps: float, num_frames_in_video: int, config: 
     t = config.num_frames
     model_times = (np.arange(t, dtype=np.float64) + 0.5) * duration / t
     rate = min(config.tracking_fps, fps) if fps > 0 else config.tracking_fps
-    count = max(1, int(math.floor(duration * rate + 1e-6)))
+    count = max(1, int(math.ceil(duration * rate - 1e-6)))
     count = min(count, max(1, num_frames_in_video))
     if count > config.max_tracking_frames:
         count = config.max_tracking_frames
