@@ -23,6 +23,7 @@ A missing, truncated or unreadable weight file raises :class:`CheckpointError` n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ import re
 import shutil
 import struct
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,12 +344,31 @@ def _is_llm_key(key: str) -> bool:
 # ----------------------------------------------------------------------------------------------- parts
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings and progress bars (the multimodal keys and model types of a
+    VideoLLaMA2 folder are unknown to the bare LM and make it complain)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
+
+
 def load_tokenizer(folder: Path):
     """The folder's tokenizer (sentencepiece ``tokenizer.model`` or ``tokenizer.json``), left-padding."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:  # noqa: BLE001 - tokenizer loading raises many types
         raise CheckpointError(f"cannot load the tokenizer in {folder}: {exc}") from exc
     if tokenizer.pad_token is None:
@@ -364,32 +384,22 @@ def _has_tokenizer(folder: Path) -> bool:
 def load_llm(folder: Path, config: dict[str, Any], dtype: torch.dtype):
     """The causal LM from ``folder``'s weights and a config mapping; every LM weight must be there."""
     from transformers import AutoModelForCausalLM, GenerationConfig
-    from transformers.utils import logging as hf_logging
 
     files = weight_files(folder)
     if not files:
         raise CheckpointError(f"no language model weights in {folder} ({SAFE_WEIGHTS} or {BIN_WEIGHTS})")
     cfg = llm_config_from_dict(config)
-    verbosity = hf_logging.get_verbosity()
-    progress = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the multimodal keys are "unexpected" to the bare LM
-    hf_logging.disable_progress_bar()
     try:
-        llm, info = AutoModelForCausalLM.from_pretrained(
-            str(folder),
-            config=cfg,
-            dtype=dtype,
-            generation_config=GenerationConfig.from_model_config(cfg),
-            output_loading_info=True,
-        )
-    except CheckpointError:
-        raise
+        with _quiet_transformers():
+            llm, info = AutoModelForCausalLM.from_pretrained(
+                str(folder),
+                config=cfg,
+                dtype=dtype,
+                generation_config=GenerationConfig.from_model_config(cfg),
+                output_loading_info=True,
+            )
     except Exception as exc:  # noqa: BLE001 - transformers raises many types on bad weights
         raise CheckpointError(f"cannot load the language model from {folder}: {exc}") from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if progress:
-            hf_logging.enable_progress_bar()
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -397,20 +407,20 @@ def load_llm(folder: Path, config: dict[str, Any], dtype: torch.dtype):
     return llm.eval()
 
 
-def _vision_source(tower: str, folder: Path) -> Path | None:
-    for candidate in (folder / tower, Path(tower).expanduser()):
+def _vision_source(tower: str, folders: Iterable[Path]) -> Path | None:
+    for candidate in (*(f / tower for f in folders), Path(tower).expanduser()):
         if tower and candidate.is_dir() and (candidate / "config.json").is_file():
             return candidate
     return None
 
 
-def vision_spec(tower: str, folder: Path, have_weights: bool) -> tuple[dict, dict, Path | None]:
+def vision_spec(tower: str, folders: Iterable[Path], have_weights: bool) -> tuple[dict, dict, Path | None]:
     """``(vision config, preprocessor mapping, folder holding the tower)`` for ``mm_vision_tower``.
 
-    The tower is looked up relative to the checkpoint, as a local folder, among the known towers (only
-    when the checkpoint carries the tower's weights) and finally on the hub.
+    The tower is looked up relative to the checkpoint (and its base), as a local folder, among the known
+    towers (only when the checkpoint carries the tower's weights) and finally on the hub.
     """
-    local = _vision_source(tower, folder)
+    local = _vision_source(tower, folders)
     if local is None and have_weights and tower in KNOWN_VISION_TOWERS:
         known = KNOWN_VISION_TOWERS[tower]
         return dict(known["config"]), dict(known["image"]), None
@@ -461,10 +471,10 @@ def _face_checkpoint(path: str, folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _spec_from_videollama2(
-    cfg: dict[str, Any], folder: Path, have_tower: bool
+    cfg: dict[str, Any], folders: list[Path], have_tower: bool
 ) -> tuple[ModelSpec, Path | None]:
     tower = cfg.get("mm_vision_tower") or cfg.get("vision_tower") or ""
-    vision, image, tower_dir = vision_spec(tower, folder, have_tower)
+    vision, image, tower_dir = vision_spec(tower, folders, have_tower)
     llm = {k: v for k, v in cfg.items() if k not in MM_KEYS}
     model_type = str(llm.get("model_type", "videollama2_mistral"))
     base_type = model_type.removeprefix("videollama2").lstrip("_") or "mistral"
@@ -606,7 +616,8 @@ def _apply_adapter(model: FaceTrackMM, adapter_dir: Path, merge: bool) -> None:
     else:
         check_torch_file(adapter_dir / "adapter_model.bin")
     try:
-        peft_model = PeftModel.from_pretrained(model.llm, str(adapter_dir), is_trainable=False)
+        with _quiet_transformers():
+            peft_model = PeftModel.from_pretrained(model.llm, str(adapter_dir), is_trainable=False)
     except Exception as exc:  # noqa: BLE001 - peft raises many types
         raise CheckpointError(f"cannot apply the LoRA adapter in {adapter_dir}: {exc}") from exc
     model.llm = peft_model.merge_and_unload() if merge else peft_model
@@ -633,16 +644,17 @@ def _load_videollama2(
     lm_folder = base_folder if base_folder is not None else folder
     lm_files = weight_files(lm_folder)
 
-    # Multimodal tensors: base weights, then this folder's weights, then mm_projector.bin, then the
-    # LoRA folder's non-LoRA trainables (later sources win).
+    # Multimodal tensors, later sources winning: the base's weights and mm_projector.bin, this folder's
+    # weights and mm_projector.bin, then a LoRA folder's non-LoRA trainables.
     ckpt: dict[str, torch.Tensor] = {}
-    if base_folder is not None:
-        ckpt.update(read_tensors(lm_files, lambda k: not _is_llm_key(k)))
-    ckpt.update(read_tensors(own_files, lambda k: not _is_llm_key(k)))
-    for candidate in (folder / PROJECTOR_FILE, *([base_folder / PROJECTOR_FILE] if base_folder else [])):
-        if candidate.is_file() and not any(k.startswith("model.mm_projector.") for k in ckpt):
+    for source_folder, files in ((base_folder, lm_files), (folder, own_files)):
+        if source_folder is None:
+            continue
+        ckpt.update(read_tensors(files, lambda k: not _is_llm_key(k)))
+        projector = source_folder / PROJECTOR_FILE
+        if projector.is_file():
             ckpt.update(
-                {k: v for k, v in load_torch_file(candidate).items() if k.startswith("model.mm_projector.")}
+                {k: v for k, v in load_torch_file(projector).items() if k.startswith("model.mm_projector.")}
             )
     if kind == "videollama2-lora":
         non_lora = folder / NON_LORA_FILE
@@ -653,7 +665,8 @@ def _load_videollama2(
         ckpt.update(_strip_peft_prefix(load_torch_file(non_lora)))
 
     have_tower = any(k.startswith("model.vision_tower.") for k in ckpt)
-    spec, tower_dir = _spec_from_videollama2(cfg, folder, have_tower)
+    folders = [folder] + ([base_folder] if base_folder is not None else [])
+    spec, tower_dir = _spec_from_videollama2(cfg, folders, have_tower)
     llm = load_llm(lm_folder, spec.llm, dtype)
     extra_llm = {k: v for k, v in ckpt.items() if _is_llm_key(k)}
     if extra_llm:  # e.g. resized embeddings saved among the non-LoRA trainables
@@ -772,6 +785,7 @@ def save_videollama2(
     projector_file: bool = False,
     include_vision_tower: bool = True,
     vision_tower_dir: str = "clip_vision_tower",
+    face_encoder_file: str | None = None,
 ) -> Path:
     """Write ``model`` as a VideoLLaMA2 folder (used for tiny test models and for exporting).
 
@@ -781,6 +795,9 @@ def save_videollama2(
         include_vision_tower: keep ``model.vision_tower.*`` in the weights; the tower's config and
             preprocessor are written to ``vision_tower_dir`` either way (with its own weights when not
             included), and ``mm_vision_tower`` names that folder.
+        face_encoder_file: write a FaceXFormer face encoder as a FaceXFormer-style checkpoint
+            (``{"state_dict_backbone": ...}``) under this name, referenced by ``face_encoder_path``,
+            instead of keeping it in the main weights.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -808,6 +825,14 @@ def save_videollama2(
             config["face_encoder_arch"] = spec.face_encoder_arch
     if spec.name:
         config["facetrack_name"] = spec.name
+    if face_encoder_file and model.face_encoder is not None:
+        face = {
+            k.removeprefix("model.face_encoder."): state.pop(k).detach().cpu().contiguous()
+            for k in list(state)
+            if k.startswith("model.face_encoder.")
+        }
+        torch.save({"state_dict_backbone": face}, out / face_encoder_file)
+        config["face_encoder_path"] = face_encoder_file
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     tower = out / vision_tower_dir

@@ -1,0 +1,125 @@
+"""Frame preprocessing, the vision tower's tokens and the face branch's encoders and pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facetrack.model.face import FaceXFormerEncoder, facexformer_encoder_state, pool_grid, pool_tokens
+from facetrack.model.vision import CLIP_MEAN, CLIP_STD, ImagePreprocessor
+
+
+def test_wide_frame_is_padded_with_the_mean_colour() -> None:
+    pre = ImagePreprocessor(size=56)
+    frame = np.full((1, 20, 56, 3), 255, dtype=np.uint8)  # white band, 56 wide, 20 tall
+    x = pre(frame)
+    assert x.shape == (1, 3, 56, 56)
+    mean_colour = torch.tensor([int(m * 255) / 255 for m in CLIP_MEAN])
+    expected_pad = (mean_colour - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    torch.testing.assert_close(x[0, :, 0, :].mean(1), expected_pad, atol=1e-4, rtol=0)  # top rows: padding
+    torch.testing.assert_close(x[0, :, 55, :].mean(1), expected_pad, atol=1e-4, rtol=0)  # bottom rows
+    white = (1 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    torch.testing.assert_close(x[0, :, 28, :].mean(1), white, atol=1e-3, rtol=0)  # centre: the frame
+
+
+def test_resize_without_padding_stretches() -> None:
+    pre = ImagePreprocessor(size=32, pad_to_square=False)
+    frame = np.full((1, 10, 40, 3), 255, dtype=np.uint8)
+    x = pre(frame)
+    white = (1 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    torch.testing.assert_close(x[0, :, 0, :].mean(1), white, atol=1e-3, rtol=0)
+
+
+BAD_ARRAYS = [
+    np.zeros((4, 4, 3), np.uint8),
+    np.zeros((1, 4, 4, 4), np.uint8),
+    np.zeros((1, 4, 4, 3), np.float32),
+    np.zeros((1, 0, 4, 3), np.uint8),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_ARRAYS)
+def test_preprocessor_rejects_bad_arrays(bad: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        ImagePreprocessor(size=16)(bad)
+
+
+def test_preprocessor_round_trips_its_config() -> None:
+    pre = ImagePreprocessor(size=224, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    again = ImagePreprocessor.from_dict(pre.to_dict())
+    assert (again.size, again.mean, again.std) == (224, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    from transformers import CLIPImageProcessor
+
+    hf = CLIPImageProcessor(**{k: v for k, v in pre.to_dict().items() if k != "image_processor_type"})
+    frame = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    theirs = hf(images=[frame], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pre(frame[None]), theirs, atol=2e-2, rtol=0)
+
+
+def test_vision_tower_penultimate_patch_tokens(tiny_model) -> None:
+    tower = tiny_model.vision_tower
+    assert tower.select_layer == -2 and tower.grid == 8 and tower.num_tokens == 64
+    x = torch.randn(3, 3, 112, 112)
+    with torch.no_grad():
+        feats = tower(x)
+        ref = tower.vision_tower(pixel_values=x, output_hidden_states=True).hidden_states
+    assert feats.shape == (3, 64, 32)
+    torch.testing.assert_close(feats, ref[-2][:, 1:])
+    assert not torch.allclose(feats, ref[-1][:, 1:])
+
+
+@pytest.mark.parametrize(
+    ("tokens", "grid"), [(1, (1, 1)), (2, (1, 2)), (4, (2, 2)), (6, (2, 3)), (9, (3, 3))]
+)
+def test_pool_grid(tokens: int, grid: tuple[int, int]) -> None:
+    assert pool_grid(tokens) == grid
+    fmap = torch.arange(2 * 5 * 12 * 12, dtype=torch.float32).reshape(2, 5, 12, 12)
+    pooled = pool_tokens(fmap, tokens)
+    assert pooled.shape == (2, tokens, 5)
+    torch.testing.assert_close(pooled.mean(1), fmap.mean((2, 3)))
+
+
+def test_pool_grid_rejects_zero() -> None:
+    with pytest.raises(ValueError):
+        pool_grid(0)
+
+
+TINY_SWIN = {
+    "embed_dim": 8,
+    "depths": [1, 2, 1, 1],
+    "num_heads": [1, 2, 2, 4],
+    "window_size": 7,
+    "fused_dim": 16,
+}
+
+
+def test_facexformer_encoder_fused_map_and_arch_inference() -> None:
+    torch.manual_seed(0)
+    encoder = FaceXFormerEncoder(**TINY_SWIN).eval()
+    with torch.no_grad():
+        fused = encoder(torch.randn(2, 3, 224, 224))
+    assert fused.shape == (2, 16, 56, 56)
+    state = encoder.state_dict()
+    assert (
+        "backbone.0.0.0.weight" in state
+        and "linear_c.3.proj.weight" in state
+        and "linear_fuse.weight" in state
+    )
+    assert FaceXFormerEncoder.arch_from_state_dict(state) == {"patch_size": 4, **TINY_SWIN}
+
+
+def test_facexformer_checkpoint_keeps_only_the_encoder() -> None:
+    encoder = FaceXFormerEncoder(**TINY_SWIN)
+    checkpoint = {
+        "state_dict_backbone": {
+            **{f"module.{k}": v for k, v in encoder.state_dict().items()},
+            "backbone.1.weight": torch.ones(64),  # the Swin head norm FaceXFormer keeps but does not use
+            "face_decoder.landmarks_token.weight": torch.zeros(1, 16),
+            "pe_layer.positional_encoding_gaussian_matrix": torch.zeros(2, 8),
+        }
+    }
+    state = facexformer_encoder_state(checkpoint)
+    assert set(state) == set(encoder.state_dict())
+    with pytest.raises(ValueError, match="not a FaceXFormer"):
+        FaceXFormerEncoder.arch_from_state_dict({"x": torch.zeros(1)})
