@@ -246,11 +246,21 @@ class _PyAVReader(_Reader):
         except av.error.FFmpegError as exc:
             raise VideoError(name, f"not a readable video ({_ffmpeg_reason(exc)})") from exc
         self._container = container
+        try:
+            self._probe(container, name, threads)
+        except BaseException:
+            container.close()
+            self._container = None
+            raise
+
+    def _probe(self, container, name: str, threads: int) -> None:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams})
             what = f"only {', '.join(kinds)} streams" if kinds else "no streams"
             raise VideoError(name, f"no video stream ({what})")
         stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise VideoError(name, "no decoder for its video stream")
         stream.thread_type = "AUTO" if threads != 1 else "SLICE"
         stream.codec_context.thread_count = threads
         self._stream = stream
@@ -527,7 +537,12 @@ def _open(opened: _Opened, backend: str, threads: int, seek_gap: float) -> Video
             raise VideoError(opened.name, f"decord cannot read it ({_first_line(exc)})") from exc
     have_av = _importable("av")
     if backend == "pyav" or (backend == "auto" and have_av):
-        probe = _PyAVReader(_fresh(opened.target), opened.name, threads, seek_gap)
+        try:
+            probe = _PyAVReader(_fresh(opened.target), opened.name, threads, seek_gap)
+        except (VideoError, ImportError):
+            raise
+        except Exception as exc:  # a damaged container can trip PyAV in unexpected places
+            raise VideoError(opened.name, f"not a readable video ({type(exc).__name__}: {exc})") from exc
         if backend == "pyav" or probe.info.rotation != 0 or not _importable("decord"):
             return Video(probe, opened.cleanup)
         rotation = probe.info.rotation

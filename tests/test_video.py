@@ -241,3 +241,19 @@ def test_bad_inputs_raise_a_clear_error_naming_the_file(bad: dict, case: str) ->
 def test_empty_bytes_name_the_input() -> None:
     with pytest.raises(VideoError, match="upload-7: empty input"):
         sample_frames(b"", name="upload-7")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_damaged_files_give_frames_or_a_video_error(clip: Path, tmp_path: Path, seed: int) -> None:
+    data = np.frombuffer(clip.read_bytes(), np.uint8).copy()
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(data), size=max(1, len(data) // 50))
+    data[idx] = rng.integers(0, 256, size=len(idx), dtype=np.uint8)
+    path = tmp_path / f"damaged-{seed}.mp4"
+    path.write_bytes(data.tobytes())
+    try:
+        model, tracking = sample_frames(path)
+    except VideoError as exc:
+        assert str(path) in str(exc)
+    else:
+        assert model.images.shape[0] == 16 and len(tracking) > 0
