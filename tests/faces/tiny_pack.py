@@ -1,4 +1,4 @@
-"""A tiny insightface model pack built at test time: an SCRFD-shaped detector and an ArcFace-shaped recogniser.
+"""A tiny insightface model pack built at test time: SCRFD-shaped detector, ArcFace-shaped recogniser.
 
 The detector keeps the layout of ``det_10g.onnx`` (input ``input.1``, nine outputs: scores, box distances
 and landmark offsets for strides 8, 16 and 32, two anchors per location) but its weights are chosen, not
