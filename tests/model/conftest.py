@@ -44,11 +44,18 @@ def tokenizer(loaded):
     return loaded.tokenizer
 
 
-def make_clip(clip_id: str, seed: int, frames: int = 8, faces: bool = True, size: tuple[int, int] = (72, 96)):
-    """A clip of random frames (and random crops when ``faces``)."""
+def _make_clip(
+    clip_id: str, seed: int, frames: int = 8, faces: bool = True, size: tuple[int, int] = (72, 96)
+):
     from facetrack.types import Clip
 
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (frames, *size, 3), dtype=np.uint8)
     crops = rng.integers(0, 256, (frames, 40, 40, 3), dtype=np.uint8) if faces else None
     return Clip(id=clip_id, frames=images, crops=crops)
+
+
+@pytest.fixture(scope="session")
+def make_clip():
+    """``make_clip(id, seed, frames=8, faces=True, size=(72, 96))``: a clip of random frames (and crops)."""
+    return _make_clip
