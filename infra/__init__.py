@@ -1,0 +1,1 @@
+"""Development infrastructure: a local S3-compatible server for facetrack."""
