@@ -536,15 +536,23 @@ def read_text(uri: Uri, encoding: str = "utf-8") -> str:
 
 
 def exists(uri: Uri) -> bool:
-    """Whether a file, folder or S3 object exists (an S3 URI ending in ``/``: whether any key is under it).
+    """Whether a file, folder or S3 object exists.
+
+    ``s3://bucket`` asks whether the bucket exists; ``s3://bucket/dir/`` whether any key is under it.
 
     Raises:
-        NotFoundError: the bucket does not exist (a configuration error, not a missing object).
+        NotFoundError: the bucket of an object or folder URI does not exist (a configuration error).
     """
     if not is_s3(uri):
         return _local(uri).exists()
     bucket, key = split_s3(uri)
-    if not key or key.endswith("/"):
+    if not key:
+        try:
+            _check_bucket(bucket, uri)
+        except NotFoundError:
+            return False
+        return True
+    if key.endswith("/"):
         page = _call("list", uri, lambda: s3_client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1))
         return bool(page.get("Contents"))
     return _head(uri) is not None
@@ -565,8 +573,9 @@ def list_uris(prefix: Uri, suffixes: str | Iterable[str] | None = None) -> Itera
     """All files under a folder or S3 prefix, recursively, as full URIs in sorted order.
 
     An S3 prefix is a folder: ``s3://b/videos`` lists ``videos/...`` (not ``videos2/...``); listing is
-    paginated, so any number of keys works. ``suffixes`` keeps names ending in one of them (case-insensitive).
-    Local in-progress temporary files and S3 folder markers are skipped.
+    paginated, so any number of keys works. A file path or object URI lists itself. ``suffixes`` keeps
+    names ending in one of them (case-insensitive). Local in-progress temporary files and S3 folder
+    markers are skipped.
 
     Raises:
         NotFoundError: the local folder or the bucket does not exist (checked on the call, not on iteration).
@@ -597,10 +606,12 @@ def list_uris(prefix: Uri, suffixes: str | Iterable[str] | None = None) -> Itera
 
 def _list_s3(prefix: str, keep: Callable[[str], bool]) -> Iterator[str]:
     bucket, key = split_s3(prefix)
-    if key and not key.endswith("/"):
-        key += "/"
-    pages = _s3_pages(prefix, bucket, key)
+    folder = key if not key or key.endswith("/") else key + "/"
+    pages = _s3_pages(prefix, bucket, folder)
     first = next(pages)  # errors (missing bucket, credentials) surface here, on the call
+    if not first and folder != key:
+        # Nothing under it as a folder: like a local file path, an object's own URI lists itself.
+        return iter([prefix] if keep(key) and _head(prefix) is not None else [])
 
     def generate() -> Iterator[str]:
         for contents in itertools.chain([first], pages):

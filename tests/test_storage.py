@@ -104,6 +104,7 @@ def test_local_list_uris_sorted_recursive_with_suffixes(tmp_path: Path) -> None:
         f"{root}/b/c/3.mp4",
     ]
     assert list(storage.list_uris(root, suffixes=(".json", ".txt"))) == [f"{root}/b/1.json", f"{root}/z.txt"]
+    assert list(storage.list_uris(f"{root}/z.txt")) == [f"{root}/z.txt"]
     # A write in progress is not listed.
     with storage.open_write(tmp_path / "b" / "late.mp4") as stream:
         stream.write(b"partial")
@@ -262,6 +263,9 @@ def test_s3_list_more_than_1000_keys(s3_bucket: str) -> None:
     assert len(everything) == 1103 and everything == sorted(everything)
     assert list(storage.list_uris(f"s3://{s3_bucket}/data", suffixes=".mp4")) == []
     assert list(storage.list_uris(f"s3://{s3_bucket}/nothing-here")) == []
+    single = f"s3://{s3_bucket}/top.json"
+    assert list(storage.list_uris(single)) == [single]  # an object lists itself, as a local file does
+    assert list(storage.list_uris(single, suffixes=".mp4")) == []
     assert storage.exists(f"s3://{s3_bucket}/data/") and not storage.exists(f"s3://{s3_bucket}/nothing/")
 
 
@@ -358,6 +362,8 @@ def test_s3_missing_key(s3_bucket: str) -> None:
         assert isinstance(caught.value, FileNotFoundError)
     assert storage.exists(uri) is False
     storage.delete(uri)  # missing_ok
+    assert storage.exists(f"s3://{s3_bucket}") is True  # the bucket itself
+    assert storage.exists("s3://no-such-bucket-here") is False
 
 
 def test_s3_missing_bucket(s3_server: LocalS3) -> None:
