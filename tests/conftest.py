@@ -69,13 +69,15 @@ def s3_bucket(s3_server: LocalS3) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def ray_local(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Any]:
     """An embedded local Ray (2 CPUs, no dashboard) for the session; yields the ``ray`` module.
 
-    Workers inherit the environment at start-up: a test that needs both S3 and Ray should request
-    ``s3_server`` before ``ray_local``.
+    Workers inherit the environment at start-up, so the local S3 server (when it can run) is started
+    first: every Ray test can then read and write ``s3://`` whichever test started Ray.
     """
     ray = pytest.importorskip("ray", reason="Ray tests need ray (pip install 'facetrack[ray]')")
+    if find_weed() is not None:
+        request.getfixturevalue("s3_server")
     ray.init(
         num_cpus=2,
         include_dashboard=False,
