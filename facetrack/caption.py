@@ -138,6 +138,14 @@ class Captioner:
         self._generation: Any = None
         self.num_frames = 0
 
+    @classmethod
+    def from_model(cls, config: CaptionerConfig, loaded: Any) -> Captioner:
+        """A captioner around an already loaded model (a :class:`facetrack.model.loading.LoadedModel`),
+        for example one being fine-tuned or built in memory; ``config.model`` only names it."""
+        captioner = cls(config)
+        captioner._setup_from(loaded)
+        return captioner
+
     # -- setup --------------------------------------------------------------------------------------
 
     def _device_dtype(self):
@@ -165,10 +173,8 @@ class Captioner:
         if self._loaded is not None:
             return
         try:
-            import torch
-            from transformers import GenerationConfig
+            import transformers  # noqa: F401
 
-            from facetrack.model import prompt as prompts
             from facetrack.model.loading import load_model
         except ImportError as exc:
             raise ImportError(
@@ -185,13 +191,27 @@ class Captioner:
             cache_dir=cfg.cache_dir,
             face_encoder_path=cfg.face_encoder_path,
         )
+        self._setup_from(loaded)
+        log.info(
+            "captioner ready: %s (%s) on %s/%s, %d frames, %d video tokens, face branch %s, in %.1f s",
+            loaded.name, loaded.kind, device, str(dtype).removeprefix("torch."), self.num_frames,
+            loaded.model.num_video_tokens(self.num_frames), loaded.model.spec.face_encoder,
+            time.perf_counter() - start,
+        )  # fmt: skip
+
+    def _setup_from(self, loaded: Any) -> None:
+        import torch
+        from transformers import GenerationConfig
+
+        from facetrack.model import prompt as prompts
+
+        cfg = self.config
         model, tokenizer = loaded.model, loaded.tokenizer
         if cfg.face_tokens_per_frame is not None:
             model.face_tokens_per_frame = cfg.face_tokens_per_frame
         self.num_frames = cfg.num_frames or model.spec.num_frames
-        instruction = self.prompt
         system = prompts.system_prompt() if cfg.use_system_prompt else None
-        self._prompt_text = prompts.caption_prompt(tokenizer, instruction, system=system)
+        self._prompt_text = prompts.caption_prompt(tokenizer, self.prompt, system=system)
         self._ids = prompts.tokenize_with_video(self._prompt_text, tokenizer)
         eos = tokenizer.eos_token_id
         sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else {}
@@ -205,11 +225,6 @@ class Captioner:
         )
         torch.manual_seed(cfg.seed)
         self._loaded = loaded
-        log.info(
-            "captioner ready: %s (%s) on %s/%s, %d frames, %d video tokens, face branch %s, in %.1f s",
-            loaded.name, loaded.kind, device, str(dtype).removeprefix("torch."), self.num_frames,
-            model.num_video_tokens(self.num_frames), model.spec.face_encoder, time.perf_counter() - start,
-        )  # fmt: skip
 
     # -- facts for output rows -------------------------------------------------------------------------
 

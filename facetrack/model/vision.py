@@ -147,10 +147,34 @@ class VisionTower(nn.Module):
         extra = 1 if (self.is_clip and self.select_feature == "cls_patch") else 0
         return self.grid * self.grid + extra
 
+    @property
+    def kept_layers(self) -> int:
+        """Encoder layers needed to reach the selected layer (layers after it are never run)."""
+        total = int(self.config.num_hidden_layers)
+        n = total + 1 + self.select_layer if self.select_layer < 0 else self.select_layer
+        if not 0 <= n <= total:
+            raise ValueError(f"select_layer {self.select_layer} is outside a {total}-layer vision tower")
+        return n
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, S, S)`` -> ``(N, tokens, hidden)`` features of the selected layer."""
-        out = self.vision_tower(pixel_values=pixel_values, output_hidden_states=True)
-        feats = out.hidden_states[self.select_layer]
+        """``(N, 3, S, S)`` -> ``(N, tokens, hidden)`` features of the selected layer.
+
+        Only the layers up to the selected one run (the last layer of CLIP-L is skipped for layer -2):
+        the encoder's layer list is cut for the call and restored afterwards.
+        """
+        inner = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        encoder = inner.encoder
+        layers = encoder.layers
+        n = self.kept_layers
+        if n < len(layers):
+            encoder.layers = layers[:n]
+        try:
+            if self.is_clip:  # CLIP's last_hidden_state is the last run layer's output, before post_layernorm
+                feats = self.vision_tower(pixel_values=pixel_values).last_hidden_state
+            else:  # SigLIP normalises its last_hidden_state: take the encoder's output instead
+                feats = encoder(inputs_embeds=inner.embeddings(pixel_values)).last_hidden_state
+        finally:
+            encoder.layers = layers
         if self.is_clip and self.select_feature == "patch":
             feats = feats[:, 1:]
         return feats

@@ -191,3 +191,9 @@ def test_resample_indices() -> None:
 
 def test_result_record() -> None:
     assert CaptionResult(id="a", caption="x").ok and not CaptionResult(id="a", error="e").ok
+
+
+def test_from_model_wraps_a_loaded_model(loaded, captioner: Captioner, clips: list[Clip]) -> None:
+    wrapped = Captioner.from_model(CaptionerConfig(model="in-memory", max_new_tokens=12), loaded)
+    assert wrapped.model is loaded.model
+    assert [r.caption for r in wrapped.caption(clips[:2])] == [r.caption for r in captioner.caption(clips[:2])]

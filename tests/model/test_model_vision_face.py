@@ -59,14 +59,45 @@ def test_preprocessor_round_trips_its_config() -> None:
 
 def test_vision_tower_penultimate_patch_tokens(tiny_model) -> None:
     tower = tiny_model.vision_tower
-    assert tower.select_layer == -2 and tower.grid == 8 and tower.num_tokens == 64
+    assert tower.select_layer == -2 and tower.grid == 8 and tower.num_tokens == 64 and tower.kept_layers == 1
     x = torch.randn(3, 3, 112, 112)
+    calls = []
+    hook = tower.vision_tower.encoder.layers[-1].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            feats = tower(x)
+            assert calls == []  # the last layer is not run for layer -2
+            ref = tower.vision_tower(pixel_values=x, output_hidden_states=True).hidden_states
+            again = tower(x)
+    finally:
+        hook.remove()
+    assert feats.shape == (3, 64, 32)
+    torch.testing.assert_close(feats, ref[-2][:, 1:])
+    torch.testing.assert_close(again, feats)
+    assert len(tower.vision_tower.encoder.layers) == 2  # restored after the call
+    assert not torch.allclose(feats, ref[-1][:, 1:])
+
+
+def test_siglip_tower_keeps_every_patch_token() -> None:
+    from transformers import SiglipVisionConfig
+
+    from facetrack.model.vision import VisionTower
+
+    config = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=56,
+        patch_size=14,
+    )
+    tower = VisionTower(config).eval()
+    x = torch.randn(2, 3, 56, 56)
     with torch.no_grad():
         feats = tower(x)
         ref = tower.vision_tower(pixel_values=x, output_hidden_states=True).hidden_states
-    assert feats.shape == (3, 64, 32)
-    torch.testing.assert_close(feats, ref[-2][:, 1:])
-    assert not torch.allclose(feats, ref[-1][:, 1:])
+    assert feats.shape == (2, 16, 32)
+    torch.testing.assert_close(feats, ref[-2])
 
 
 @pytest.mark.parametrize(
