@@ -251,7 +251,19 @@ def _make_client() -> Any:
         connect_timeout=10,
         read_timeout=60,
     )
-    return session.client("s3", region_name=region, config=config)
+    client = session.client("s3", region_name=region, config=config)
+    client.meta.events.register("before-send.s3.PutObject", _no_expect_for_empty_body)
+    return client
+
+
+def _no_expect_for_empty_body(request: Any, **_: Any) -> None:
+    """Send an empty object without ``Expect: 100-continue``.
+
+    With that header and no body, some S3-compatible servers (SeaweedFS among them) leave the kept-alive
+    connection in a state where the next request on it never gets an answer.
+    """
+    if str(request.headers.get("Content-Length", "")) == "0" and "Expect" in request.headers:
+        del request.headers["Expect"]
 
 
 # ----------------------------------------------------------------------------------------- retries

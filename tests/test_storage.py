@@ -212,6 +212,10 @@ def test_s3_round_trip(s3_bucket: str) -> None:
     empty = f"s3://{s3_bucket}/empty"
     storage.write_bytes(empty, b"")
     assert storage.read_bytes(empty) == b"" and storage.exists(empty)
+    # The connection an empty upload used serves the next upload too.
+    storage.write_bytes(empty, b"")
+    storage.write_bytes(f"{empty}-then", b"after")
+    assert storage.read_bytes(f"{empty}-then") == b"after"
 
 
 def test_s3_large_multipart_object(s3_bucket: str) -> None:
