@@ -1,0 +1,465 @@
+"""The caption job: Ray Data fans decoding + face tracking over CPU tasks and captioning over model actors.
+
+    python -m jobs.caption INPUT --out OUTPUT [--model PATH_OR_HUB_ID] [--config FILE] [key=value ...]
+
+INPUT is a local folder, an ``s3://`` prefix, or a JSON/JSONL manifest of ``{"id", "video"}``. OUTPUT gets
+``rows/part-*.jsonl`` (or ``.parquet``) shards with one row per video, ``sheets/<id>.png`` contact sheets
+and ``summary.json``. Running the same command again skips every id already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from facetrack import storage
+from facetrack.caption import CaptionerConfig
+from facetrack.config import load_config, to_dict
+from facetrack.faces.stage import FaceTrackConfig
+from facetrack.manifest import VIDEO_EXTENSIONS, InputError, read_inputs
+from facetrack.model.prompt import benchmark_instruction
+from facetrack.shards import ShardWriter, done_ids, new_run_id
+from facetrack.types import CaptionRow, VideoRef
+
+log = logging.getLogger("facetrack.jobs.caption")
+
+DEFAULT_MODEL = "DAMO-NLP-SG/VideoLLaMA2-7B-16F"
+
+
+@dataclass
+class CaptionJobConfig:
+    """Settings of one caption run (YAML file + ``key=value`` overrides)."""
+
+    input: str = ""
+    out: str = ""
+    extensions: list[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+    video_root: str | None = None
+    format: Literal["jsonl", "parquet"] = "jsonl"
+    rows_per_shard: int = 64
+    flush_seconds: float = 30.0
+    sheets: bool = True
+    frame_size: int = 336
+    """Model frames are resized so their longer side is this many pixels before they travel to actors."""
+    cpus_per_task: float = 1.0
+    actors: int = 1
+    gpus_per_actor: float | None = None
+    """GPUs per captioning actor; ``None`` means 1 when the cluster has GPUs, else 0 (CPU actors)."""
+    cpus_per_actor: float = 1.0
+    batch_size: int = 8
+    progress_seconds: float = 10.0
+    limit: int | None = None
+    """Process at most this many not-yet-done videos (for trials)."""
+    track: FaceTrackConfig = field(default_factory=FaceTrackConfig)
+    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Row encoding: arrays travel as .npy bytes, nested records as JSON text, so every block has one schema.
+
+
+def _npy(array: np.ndarray | None) -> bytes:
+    if array is None:
+        return b""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _from_npy(data: bytes) -> np.ndarray | None:
+    if not data:
+        return None
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _resize_long_side(images: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    t, h, w = images.shape[:3]
+    scale = size / max(h, w)
+    if scale >= 1.0:
+        return images
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    return np.stack([np.asarray(Image.fromarray(im).resize((nw, nh), Image.BILINEAR)) for im in images])
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._/-]+")
+
+
+def sheet_uri(out: str, video_id: str) -> str:
+    """Where the contact sheet of ``video_id`` goes under ``out``."""
+    name = _SAFE.sub("_", video_id).strip("/").replace("..", "_") or "video"
+    return storage.join(out, "sheets", f"{name}.png")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage 1 (CPU tasks): decode + face tracking. One tracker per worker process, loaded on first use.
+
+_TRACKERS: dict[str, Any] = {}
+
+
+def _tracker(cfg: FaceTrackConfig) -> Any:
+    key = json.dumps(to_dict(cfg), sort_keys=True)
+    if key not in _TRACKERS:
+        from facetrack.faces.stage import FaceTrackStage
+
+        stage = FaceTrackStage(cfg)
+        stage.setup()
+        _TRACKERS[key] = stage
+    return _TRACKERS[key]
+
+
+def track_row(row: dict[str, Any], track: FaceTrackConfig, out: str, sheets: bool, frame_size: int) -> dict:
+    """Ray Data ``map`` function: one input row -> one row with the model frames and face crops."""
+    video = VideoRef(id=str(row["id"]), uri=str(row["video"]))
+    out_row: dict[str, Any] = {
+        "id": video.id,
+        "video": video.uri,
+        "frames": b"",
+        "crops": b"",
+        "main_track": "null",
+        "timings": "{}",
+        "error": "",
+    }
+    t0 = time.perf_counter()
+    try:
+        result = _tracker(track).process(video)
+    except Exception as exc:  # a bug or an environment problem: record it on the row, keep the job going
+        out_row["error"] = f"track: {type(exc).__name__}: {exc}"
+        return out_row
+    timings = dict(result.timings)
+    timings["track_total"] = time.perf_counter() - t0
+    if result.error:
+        out_row["error"] = f"track: {result.error}"
+    else:
+        try:
+            clip = result.to_clip()
+            out_row["frames"] = _npy(_resize_long_side(clip.frames, frame_size))
+            out_row["crops"] = _npy(clip.crops)
+            out_row["main_track"] = json.dumps(result.main_track_summary())
+            if sheets:
+                t1 = time.perf_counter()
+                from facetrack.faces.draw import contact_sheet_png
+
+                png = contact_sheet_png(result)
+                if png is not None:
+                    storage.write_bytes(sheet_uri(out, video.id), png)
+                timings["sheet"] = time.perf_counter() - t1
+        except Exception as exc:
+            out_row["error"] = f"track: {type(exc).__name__}: {exc}"
+    out_row["timings"] = json.dumps(timings)
+    return out_row
+
+
+def _task_args(num_cpus: float) -> dict[str, Any]:
+    return {"num_cpus": num_cpus}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage 2 (actors, GPU when the cluster has them): encoders + batched generation.
+
+
+class CaptionActor:
+    """Ray Data callable class: loads the captioner once, captions batches of tracked rows."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from facetrack.caption import Captioner
+
+        cfg = load_config(CaptionerConfig, base=config)
+        self.captioner = Captioner(cfg)
+        self.captioner.setup()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from facetrack.caption import CaptionResult
+        from facetrack.types import Clip
+
+        n = len(batch["id"])
+        captions = [""] * n
+        errors = [str(e) for e in batch["error"]]
+        timings = [json.loads(t) for t in batch["timings"]]
+        clips, where = [], []
+        for i in range(n):
+            if errors[i]:
+                continue
+            try:
+                frames = _from_npy(batch["frames"][i])
+                clips.append(Clip(id=str(batch["id"][i]), frames=frames, crops=_from_npy(batch["crops"][i])))
+                where.append(i)
+            except Exception as exc:
+                errors[i] = f"caption: cannot read frames: {exc}"
+        if clips:
+            try:
+                results = self.captioner.caption(clips)
+            except Exception as exc:  # the whole batch failed: every clip gets the error
+                results = [CaptionResult(id=c.id, error=f"{type(exc).__name__}: {exc}") for c in clips]
+            for i, result in zip(where, results):
+                if result.error:
+                    errors[i] = f"caption: {result.error}"
+                else:
+                    captions[i] = result.caption or ""
+                timings[i]["caption"] = result.seconds
+        return {
+            "id": batch["id"],
+            "video": batch["video"],
+            "caption": np.array(captions, dtype=object),
+            "model": np.array([self.captioner.model_name] * n, dtype=object),
+            "prompt": np.array([self.captioner.prompt] * n, dtype=object),
+            "main_track": batch["main_track"],
+            "timings": np.array([json.dumps(t) for t in timings], dtype=object),
+            "error": np.array(errors, dtype=object),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Driver.
+
+
+def _final_row(row: dict[str, Any]) -> dict[str, Any]:
+    error = str(row.get("error") or "") or None
+    main_track = row.get("main_track")
+    timings = row.get("timings")
+    return CaptionRow(
+        id=str(row["id"]),
+        video=str(row["video"]),
+        caption=None if error else str(row.get("caption") or ""),
+        model=str(row["model"]),
+        prompt=str(row["prompt"]),
+        main_track=json.loads(main_track) if isinstance(main_track, str) else main_track,
+        timings=json.loads(timings) if isinstance(timings, str) else (timings or {}),
+        error=error,
+    ).to_dict()
+
+
+def _reason(error: str, video: str = "") -> str:
+    """A short failure category for the summary: the stage and the message without file names or details.
+
+    ``"track: s3://b/x.mp4: not a readable video (Invalid data ...)"`` -> ``"track: not a readable video"``.
+    """
+    stage, _, message = error.partition(": ")
+    if video:
+        message = message.replace(f"{video}: ", "").replace(video, "")
+    message = re.split(r"[(:]", message, maxsplit=1)[0]
+    message = re.sub(r"\s+", " ", message).strip()[:60]
+    return f"{stage}: {message}" if message else stage
+
+
+class Progress:
+    """A periodic one-line report: done / failed / rate / ETA."""
+
+    def __init__(self, total: int, every: float) -> None:
+        self.total, self.every = total, every
+        self.done = self.failed = 0
+        self.start = self._last = time.monotonic()
+
+    def update(self, failed: bool) -> None:
+        self.done += 1
+        self.failed += int(failed)
+        now = time.monotonic()
+        if now - self._last >= self.every or self.done == self.total:
+            self._last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            log.info(
+                "progress: %d/%d done, %d failed, %.2f videos/s, ETA %s",
+                self.done,
+                self.total,
+                self.failed,
+                rate,
+                _fmt_seconds(eta),
+            )
+
+
+def _fmt_seconds(s: float) -> str:
+    if s == float("inf"):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def run(cfg: CaptionJobConfig) -> dict[str, Any]:
+    """Run the caption job on the connected Ray cluster (``ray.init`` must have been called).
+
+    Returns the summary that is also written to ``<out>/summary.json``.
+    """
+    import ray
+
+    if not cfg.input or not cfg.out:
+        raise ValueError("the caption job needs an input and an output (--out)")
+    t_start = time.perf_counter()
+    run_id = new_run_id()
+    model = cfg.captioner.model or DEFAULT_MODEL
+    cfg.captioner.model = model
+    inputs = read_inputs(cfg.input, cfg.extensions or None, cfg.video_root)
+    already = done_ids(cfg.out)
+    todo = [v for v in inputs.videos if v.id not in already]
+    input_errors = [e for e in inputs.errors if e.id not in already]
+    skipped = len(inputs.videos) - len(todo) + (len(inputs.errors) - len(input_errors))
+    if cfg.limit is not None:
+        todo = todo[: cfg.limit]
+    log.info(
+        "caption: %d videos to do, %d already done, %d bad input records, %d skipped by extension%s",
+        len(todo),
+        skipped,
+        len(input_errors),
+        inputs.skipped_extension,
+        f", {len(inputs.duplicate_ids)} duplicate ids dropped" if inputs.duplicate_ids else "",
+    )
+
+    gpus = cfg.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    prompt = cfg.captioner.prompt or benchmark_instruction()
+
+    counts: Counter[str] = Counter()
+    stage_time: Counter[str] = Counter()
+    progress = Progress(len(todo) + len(input_errors), cfg.progress_seconds)
+    with ShardWriter(cfg.out, cfg.format, cfg.rows_per_shard, cfg.flush_seconds, run_id) as writer:
+        for err in input_errors:
+            writer.add(_input_error_row(err, model, prompt))
+            counts["failed"] += 1
+            counts[f"failed/{_reason('input: ' + err.error)}"] += 1
+            progress.update(failed=True)
+        if todo:
+            ds = ray.data.from_items(
+                [{"id": v.id, "video": v.uri} for v in todo], override_num_blocks=min(len(todo), 1000)
+            )
+            # A remote-args function keeps tracking in its own pool of CPU tasks: Ray Data would otherwise
+            # fuse it into the captioning actors whenever both ask for the same resources (CPU-only runs).
+            ds = ds.map(
+                track_row,
+                ray_remote_args_fn=functools.partial(_task_args, cfg.cpus_per_task),
+                fn_kwargs={
+                    "track": cfg.track,
+                    "out": cfg.out,
+                    "sheets": cfg.sheets,
+                    "frame_size": cfg.frame_size,
+                },
+            )
+            ds = ds.map_batches(
+                CaptionActor,
+                fn_constructor_kwargs={"config": to_dict(cfg.captioner)},
+                batch_size=cfg.batch_size,
+                concurrency=max(1, cfg.actors),
+                num_gpus=gpus,
+                num_cpus=cfg.cpus_per_actor,
+                batch_format="numpy",
+            )
+            for row in ds.iter_rows():
+                final = _final_row(row)
+                writer.add(final)
+                if final["error"]:
+                    counts["failed"] += 1
+                    counts[f"failed/{_reason(final['error'], final['video'])}"] += 1
+                else:
+                    counts["done"] += 1
+                for k, v in final["timings"].items():
+                    stage_time[k] += float(v)
+                progress.update(failed=bool(final["error"]))
+                if writer.due():
+                    writer.flush()
+    wall = time.perf_counter() - t_start
+    processed = counts["done"] + counts["failed"]
+    summary = {
+        "run_id": run_id,
+        "input": cfg.input,
+        "out": cfg.out,
+        "model": model,
+        "counts": {
+            "inputs": len(inputs.videos) + len(inputs.errors),
+            "done": counts["done"],
+            "failed": counts["failed"],
+            "failed_by_reason": {k.split("/", 1)[1]: v for k, v in sorted(counts.items()) if "/" in k},
+            "skipped_already_done": skipped,
+            "skipped_extension": inputs.skipped_extension,
+            "duplicate_ids": sorted(set(inputs.duplicate_ids)),
+        },
+        "seconds": round(wall, 3),
+        "videos_per_second": round(processed / wall, 4) if wall > 0 else None,
+        "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_time.items())},
+        "shards": writer.shards_written,
+        "config": to_dict(cfg),
+    }
+    storage.write_text(storage.join(cfg.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _input_error_row(err: InputError, model: str, prompt: str) -> dict[str, Any]:
+    return CaptionRow(
+        id=err.id, video=err.video, model=model, prompt=prompt, error=f"input: {err.error}"
+    ).to_dict()
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m jobs.caption", description=__doc__)
+    parser.add_argument("input", help="folder, s3:// prefix, or .json/.jsonl manifest of {id, video}")
+    parser.add_argument("--out", required=True, help="output folder or s3:// prefix")
+    parser.add_argument(
+        "--model", help=f"checkpoint folder, s3:// prefix or hub id (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument("--config", help="YAML file of CaptionJobConfig settings")
+    parser.add_argument(
+        "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)"
+    )
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. batch_size=4"
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> CaptionJobConfig:
+    overrides = [f"input={json.dumps(args.input)}", f"out={json.dumps(args.out)}"]
+    if args.model:
+        overrides.append(f"captioner.model={json.dumps(args.model)}")
+    return load_config(CaptionJobConfig, args.config, [*args.overrides, *overrides])
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    c = summary["counts"]
+    out = summary["out"]
+    print(
+        f"\ncaptioned {c['done']} videos, {c['failed']} failed, {c['skipped_already_done']} already done "
+        f"in {summary['seconds']:.1f} s ({summary['videos_per_second'] or 0:.2f} videos/s)"
+    )
+    for reason, n in c["failed_by_reason"].items():
+        print(f"  failed: {n} x {reason}")
+    print(f"rows:     {storage.join(out, 'rows')}/")
+    print(f"summary:  {storage.join(out, 'summary.json')}")
+    if summary["config"].get("sheets"):
+        print(f"sheets:   {storage.join(out, 'sheets')}/  (one contact sheet per video)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    return run_cli(args)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Parse config, connect to (or start) Ray, run, print the summary."""
+    import ray
+
+    cfg = config_from_args(args)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    elif not ray.is_initialized():
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+    summary = run(cfg)
+    print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

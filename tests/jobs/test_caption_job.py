@@ -1,0 +1,142 @@
+"""The caption job end to end: composed videos in a real S3 server -> Ray Data -> caption rows in S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from facetrack import shards, storage
+
+pytest.importorskip("ray")
+pytest.importorskip("torch")
+pytest.importorskip("dlib")
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["captioner.max_new_tokens=4", "batch_size=4", "rows_per_shard=1", "track.video.num_frames=8"]
+
+
+def upload(folder: Path, prefix: str) -> list[str]:
+    ids = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(folder).as_posix()
+            storage.write_bytes(storage.join(prefix, rel), path.read_bytes())
+            if path.suffix == ".mp4":
+                ids.append(rel)
+    return sorted(ids)
+
+
+def job_config(source: str, out: str, model: Path, extra: list[str] = ()):
+    from facetrack.config import load_config
+    from jobs.caption import CaptionJobConfig
+
+    base = {"input": source, "out": out, "captioner": {"model": str(model)}}
+    return load_config(CaptionJobConfig, None, [*FAST, *extra], base=base)
+
+
+def check_rows(out: str, ids: list[str]) -> list[dict]:
+    rows = shards.read_rows(out)
+    assert sorted(r["id"] for r in rows) == ids, "every input id exactly once"
+    return rows
+
+
+def test_archive_in_s3_is_captioned_into_s3(s3_server, s3_bucket, ray_local, archive, tiny_checkpoint):
+    from jobs.caption import run
+
+    source = f"s3://{s3_bucket}/videos"
+    out = f"s3://{s3_bucket}/captions"
+    ids = upload(archive, source)
+    summary = run(job_config(source, out, tiny_checkpoint))
+
+    rows = {r["id"]: r for r in check_rows(out, ids)}
+    for vid in ("clips/sample-000-extras.mp4", "clips/sample-001-occlusion.mp4", "clips/sample-002-cut.mp4"):
+        row = rows[vid]
+        assert row["error"] is None and isinstance(row["caption"], str), row
+        assert row["main_track"]["n_frames"] > 0 and row["model"] and row["prompt"]
+        assert row["timings"]["detect_embed"] > 0 and row["timings"]["caption"] > 0
+        assert storage.exists(f"{out}/sheets/{vid}.png")
+    # A shot with no face is captioned from its frames alone.
+    assert rows["empty-shots/sample-000-no-face.mp4"]["error"] is None
+    assert rows["empty-shots/sample-000-no-face.mp4"]["main_track"] is None
+    assert "not a readable video" in rows["clips/corrupt.mp4"]["error"]
+    assert "empty file" in rows["clips/zero.mp4"]["error"]
+    assert rows["clips/zero.mp4"]["caption"] is None
+
+    assert summary["counts"]["done"] == 4 and summary["counts"]["failed"] == 2
+    assert summary["counts"]["skipped_extension"] == 1
+    assert sum(summary["counts"]["failed_by_reason"].values()) == 2
+    written = json.loads(storage.read_text(f"{out}/summary.json"))
+    assert written["counts"] == summary["counts"] and written["stage_seconds"]["caption"] > 0
+
+    # The same command again skips everything and writes nothing new.
+    again = run(job_config(source, out, tiny_checkpoint))
+    assert again["counts"]["skipped_already_done"] == len(ids) and again["counts"]["done"] == 0
+    check_rows(out, ids)
+
+
+def test_manifest_bad_lines_are_error_rows(ray_local, archive, tiny_checkpoint, tmp_path):
+    from jobs.caption import run
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        json.dumps({"id": "a", "video": str(archive / "clips" / "sample-002-cut.mp4")})
+        + "\n{broken\n"
+        + json.dumps({"id": "missing", "video": str(tmp_path / "nope.mp4")})
+        + "\n"
+    )
+    out = str(tmp_path / "out")
+    summary = run(job_config(str(manifest), out, tiny_checkpoint, ["sheets=false", "format=parquet"]))
+    rows = {r["id"]: r for r in check_rows(out, ["a", "m.jsonl:2", "missing"])}
+    assert rows["a"]["error"] is None and rows["a"]["caption"] is not None
+    assert rows["m.jsonl:2"]["error"].startswith("input: bad manifest record")
+    assert rows["missing"]["error"] and rows["missing"]["caption"] is None
+    assert summary["counts"]["done"] == 1 and summary["counts"]["failed"] == 2
+    assert all(u.endswith(".parquet") for u in shards.list_shards(out))
+
+
+def test_killed_driver_then_rerun_gives_every_id_once(archive, tiny_checkpoint, tmp_path):
+    """Kill the job's driver (and its embedded Ray) once the first rows are durable, then run it again."""
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "jobs.caption", str(archive), "--out", str(out),
+        "--model", str(tiny_checkpoint), "--num-cpus", "2", *FAST, "sheets=false", "batch_size=1",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    ids = sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*.mp4"))
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if shards.list_shards(str(out)):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the job ended before it could be killed:\n{proc.stderr.read()[-3000:]}"
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    partial = shards.done_ids(str(out))
+    assert 0 < len(partial) < len(ids)
+
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_rows(str(out), ids)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["skipped_already_done"] == len(partial)
+    assert "captioned" in done.stdout and "summary:" in done.stdout

@@ -1,0 +1,116 @@
+"""`facetrack submit` runs the real `ray job submit` against a local `ray start` head with token auth."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from facetrack import shards
+
+pytest.importorskip("ray")
+pytest.importorskip("torch")
+pytest.importorskip("dlib")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory: pytest.TempPathFactory):
+    """A `ray start --head --block` process group with token authentication, killed afterwards."""
+    if shutil.which("ray") is None:
+        pytest.skip("the ray CLI is not installed")
+    token = secrets.token_hex(16)
+    port, dashboard = free_port(), free_port()
+    temp = tmp_path_factory.mktemp("rayhead")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
+    cmd = [
+        "ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--include-dashboard", "true",
+        "--temp-dir", str(temp), "--disable-usage-stats",
+    ]  # fmt: skip
+    log = open(temp / "head.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (temp / "head.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except OSError as exc:
+                if getattr(exc, "code", None) in (401, 403):  # the job server is up and wants the token
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError("the Ray head's job server did not come up") from exc
+                time.sleep(1)
+        yield address, token, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        log.close()
+
+
+def test_submit_caption_job_to_a_token_protected_head(ray_head, tmp_path, tiny_checkpoint, archive):
+    address, token, env = ray_head
+    out = tmp_path / "out"
+    args = [
+        sys.executable, "-m", "facetrack.cli", "submit", "--address", address, "--submission-id",
+        f"caption-{secrets.token_hex(4)}", "caption", str(archive / "clips"), "--out", str(out),
+        "--model", str(tiny_checkpoint), "captioner.max_new_tokens=4", "sheets=false",
+    ]  # fmt: skip
+
+    # A wrong token is refused: token authentication is on.
+    refused = subprocess.run(
+        args,
+        cwd=REPO,
+        env={**env, "RAY_AUTH_TOKEN": "not-the-token"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0
+    assert not out.exists()
+
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
+    logs = done.stdout + done.stderr
+    assert done.returncode == 0, logs[-4000:]
+    assert "succeeded" in logs.lower()
+    ids = sorted(p.name for p in (archive / "clips").glob("*.mp4"))
+    rows = {r["id"]: r for r in shards.read_rows(str(out))}
+    assert sorted(rows) == ids
+    assert rows["sample-000-extras.mp4"]["error"] is None and rows["zero.mp4"]["error"]
+    assert (out / "summary.json").is_file()
+
+
+def test_dry_run_prints_the_ray_job_submit_line(capsys):
+    from facetrack.cli import main
+
+    assert (
+        main(["submit", "--dry-run", "--address", "http://head:8265", "caption", "in/", "--out", "o/"]) == 0
+    )
+    line = capsys.readouterr().out.strip()
+    assert " job submit --address http://head:8265 --working-dir " in line
+    assert line.endswith("-- python -m jobs.caption in/ --out o/")
