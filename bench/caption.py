@@ -69,10 +69,10 @@ def build_captioner(args: argparse.Namespace, tmp: Path) -> tuple[Captioner, dic
         captioner = Captioner(CaptionerConfig(model=args.model, **common))
         captioner.setup()
         return captioner, {"model": args.model}
-    if args.size == "small":
-        spec = tiny_spec(BENCH_SIZE)
-        spec.name = "bench-small"
-        folder = tmp / "bench-small"
+    if args.size in ("tiny", "small"):
+        spec = tiny_spec(BENCH_SIZE if args.size == "small" else None)
+        spec.name = f"bench-{args.size}"
+        folder = tmp / spec.name
         save_videollama2(build_tiny(spec), folder)
         write_mistral_tokenizer(folder)
         captioner = Captioner(CaptionerConfig(model=str(folder), **common))
@@ -133,7 +133,7 @@ def run_batch_size(captioner: Captioner, clips: list[Clip], batch: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--model", help="a checkpoint instead of a random model")
-    parser.add_argument("--size", choices=["small", "7b"], default="small")
+    parser.add_argument("--size", choices=["tiny", "small", "7b"], default="small")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     parser.add_argument("--batch-sizes", default="1,4,8,16")

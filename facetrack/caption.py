@@ -16,8 +16,10 @@ loading the model stack.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -63,6 +65,8 @@ class CaptionerConfig:
     """Open the conversation with VideoLLaMA2's system prompt."""
     cache_dir: str | None = None
     """Where ``s3://`` and hub checkpoints are cached."""
+    preprocess_threads: int = 0
+    """Threads that resize frames and crops (``0``: up to 8, one per CPU; ``1``: none)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -77,6 +81,8 @@ class CaptionerConfig:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
         if self.face_tokens_per_frame is not None and self.face_tokens_per_frame < 1:
             raise ValueError(f"face_tokens_per_frame must be >= 1, got {self.face_tokens_per_frame}")
+        if self.preprocess_threads < 0:
+            raise ValueError(f"preprocess_threads must be >= 0, got {self.preprocess_threads}")
 
 
 @dataclass(slots=True)
@@ -136,6 +142,7 @@ class Captioner:
         self._ids: list[int] = []
         self._prompt_text = ""
         self._generation: Any = None
+        self._pool: ThreadPoolExecutor | None = None
         self.num_frames = 0
 
     @classmethod
@@ -224,6 +231,9 @@ class Captioner:
             **sampling,
         )
         torch.manual_seed(cfg.seed)
+        threads = cfg.preprocess_threads or min(8, os.cpu_count() or 1)
+        if threads > 1:
+            self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="facetrack-preprocess")
         self._loaded = loaded
 
     # -- facts for output rows -------------------------------------------------------------------------
@@ -278,12 +288,12 @@ class Captioner:
         model = self._loaded.model
         frames = _check_images(clip.frames, "frames")
         frames = frames[resample_indices(len(frames), self.num_frames)]
-        pixels = model.preprocess_frames(frames)
+        pixels = model.preprocess_frames(frames, self._pool)
         faces = None
         if model.has_face_branch and clip.crops is not None and len(clip.crops) > 0:
             crops = _check_images(clip.crops, "crops")
             crops = crops[resample_indices(len(crops), self.num_frames)]
-            faces = model.preprocess_faces(crops)
+            faces = model.preprocess_faces(crops, self._pool)
         needed = (
             len(self._ids) - 1
             + model.num_video_tokens(self.num_frames)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,15 +208,15 @@ class FaceTrackMM(nn.Module):
 
     # -- preprocessing ------------------------------------------------------------------------------
 
-    def preprocess_frames(self, frames: np.ndarray) -> torch.Tensor:
+    def preprocess_frames(self, frames: np.ndarray, pool: Executor | None = None) -> torch.Tensor:
         """``(T, H, W, 3)`` uint8 -> ``(T, 3, S, S)`` float32 for the vision tower."""
-        return self.image_processor(frames)
+        return self.image_processor(frames, pool)
 
-    def preprocess_faces(self, crops: np.ndarray) -> torch.Tensor:
+    def preprocess_faces(self, crops: np.ndarray, pool: Executor | None = None) -> torch.Tensor:
         """``(T, h, w, 3)`` uint8 crops -> ``(T, 3, s, s)`` float32 for the face encoder."""
         if self.face_processor is None:
             raise RuntimeError("this model has no face branch")
-        return self.face_processor(crops)
+        return self.face_processor(crops, pool)
 
     # -- encoders -----------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,24 +60,29 @@ class ImagePreprocessor:
         """The padding colour: the normalisation mean in 0-255."""
         return tuple(int(x * 255) for x in self.mean)
 
-    def __call__(self, images: np.ndarray) -> torch.Tensor:
+    def resize(self, frame: np.ndarray) -> np.ndarray:
+        """One ``(H, W, 3)`` uint8 frame padded (if set) and resized to ``(size, size, 3)`` uint8."""
+        img = Image.fromarray(frame)
+        if self.pad_to_square and img.width != img.height:
+            side = max(img.width, img.height)
+            square = Image.new("RGB", (side, side), self.fill)
+            square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+            img = square
+        if img.size != (self.size, self.size):
+            img = img.resize((self.size, self.size), Image.BICUBIC)
+        return np.asarray(img)
+
+    def __call__(self, images: np.ndarray, pool: Executor | None = None) -> torch.Tensor:
+        """Preprocess ``images``; with ``pool`` the frames are resized in its threads (PIL frees the GIL)."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] == 0 or images.shape[2] == 0:
             raise ValueError(f"images must be (N, H, W, 3) RGB, got shape {images.shape}")
         if images.dtype != np.uint8:
             raise ValueError(f"images must be uint8, got {images.dtype}")
-        out = np.empty((images.shape[0], self.size, self.size, 3), dtype=np.uint8)
-        for i, frame in enumerate(images):
-            img = Image.fromarray(frame)
-            if self.pad_to_square and img.width != img.height:
-                side = max(img.width, img.height)
-                square = Image.new("RGB", (side, side), self.fill)
-                square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-                img = square
-            if img.size != (self.size, self.size):
-                img = img.resize((self.size, self.size), Image.BICUBIC)
-            out[i] = np.asarray(img)
-        x = torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
+        resized = (
+            list(pool.map(self.resize, images)) if pool is not None else [self.resize(f) for f in images]
+        )
+        x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (x - mean) / std

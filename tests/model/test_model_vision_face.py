@@ -154,3 +154,12 @@ def test_facexformer_checkpoint_keeps_only_the_encoder() -> None:
     assert set(state) == set(encoder.state_dict())
     with pytest.raises(ValueError, match="not a FaceXFormer"):
         FaceXFormerEncoder.arch_from_state_dict({"x": torch.zeros(1)})
+
+
+def test_thread_pool_gives_the_same_pixels() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = np.random.default_rng(0).integers(0, 256, (6, 30, 50, 3), dtype=np.uint8)
+    pre = ImagePreprocessor(size=28)
+    with ThreadPoolExecutor(3) as pool:
+        torch.testing.assert_close(pre(frames, pool), pre(frames), rtol=0, atol=0)
