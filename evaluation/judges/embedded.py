@@ -55,6 +55,10 @@ class EmbeddedJudgeConfig:
     context_floor: float = 0.45
     """Caption cosine that maps to context score 0 (1.0 maps to 5)."""
     batch_size: int = 64
+    threads: int = 1
+    """Torch CPU threads for the sentence model (set once when it loads; 0 leaves torch's setting).
+    Captions give small batches, for which one thread is about as fast as several and far faster
+    when the CPUs are shared."""
 
 
 def default_model_path() -> str:
@@ -107,6 +111,7 @@ class EmbeddedJudge:
         self._model = None
         self._lock = threading.RLock()
         self._vectors: dict[str, np.ndarray] = {}
+        self._relations: dict[tuple[tuple[str, ...], tuple[str, ...]], list[list[str]]] = {}
         self.model_loads = 0
 
     def describe(self) -> dict[str, Any]:
@@ -140,6 +145,10 @@ class EmbeddedJudge:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:
                 raise ImportError(f"the embedded judge needs sentence-transformers: {EVAL_INSTALL}") from exc
+            if self.config.threads > 0 and self.config.device == "cpu":
+                import torch
+
+                torch.set_num_threads(self.config.threads)
             # The model is a local folder: never let the hub client go online for it.
             self._model = SentenceTransformer(
                 self.model_path, device=self.config.device, local_files_only=True
@@ -175,6 +184,18 @@ class EmbeddedJudge:
         """Label every (predicted, reference) event pair same / opposite / unrelated."""
         if not pred_events or not ref_events:
             return [[] for _ in pred_events]
+        key = (tuple(pred_events), tuple(ref_events))
+        with self._lock:
+            known = self._relations.get(key)
+        if known is None:
+            known = self._relations_uncached(pred_events, ref_events)
+            with self._lock:
+                if len(self._relations) > 20_000:
+                    self._relations.clear()
+                self._relations[key] = known
+        return [list(row) for row in known]
+
+    def _relations_uncached(self, pred_events: Sequence[str], ref_events: Sequence[str]) -> list[list[str]]:
         a = self.embed([rules.normalise(e) for e in pred_events])
         b = self.embed([rules.normalise(e) for e in ref_events])
         sims = a @ b.T
