@@ -45,7 +45,7 @@ class RecordSet:
 
     records: list[Record] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
-    """reason -> count; reasons: ``bad_json``, ``not_an_object``, ``missing_video``, ``empty_caption``,
+    """reason -> count; reasons: ``bad_json``, ``not_an_object``, ``no_video_field``, ``empty_caption``,
     ``duplicate_id``."""
     examples: dict[str, list[str]] = field(default_factory=dict)
     """reason -> up to a few ``file:item`` positions, to find the bad records."""
@@ -112,7 +112,7 @@ def read_records(source: str, video_root: str | None = None) -> RecordSet:
             continue
         video = item.get("video")
         if not isinstance(video, str) or not video.strip():
-            out.drop("missing_video", where)
+            out.drop("no_video_field", where)
             continue
         caption = item.get("caption")
         if not isinstance(caption, str) or not caption.strip():

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ from typing import Any
 import ray
 
 from facetrack import storage
+from facetrack.commands.finetune import add_arguments
 from facetrack.config import ConfigError, load_config, to_dict
 from facetrack.faces.stage import FaceTrackConfig
 from facetrack.model.training import LoraSettings, TrainSettings
@@ -168,14 +170,18 @@ class TrackAndCache:
 
         sidecar = row["clip"][: -len(".npz")] + ".json"
         try:
-            if storage.exists(sidecar):
+            if storage.exists(sidecar) and storage.exists(row["clip"]):
                 return {**row, **json.loads(storage.read_text(sidecar)), "cached": True, "error": None}
         except (storage.StorageError, ValueError):
             pass  # unreadable sidecar: process the clip again
         result = self.stage.process(VideoRef(id=row["id"], uri=row["video"]))
         if result.error is not None:
             missing = not _exists(row["video"])
-            return {**row, "error": result.error, "reason": "video_missing" if missing else "video_error"}
+            return {
+                **row,
+                "error": result.error,
+                "reason": "video_not_found" if missing else "video_unreadable",
+            }
         clip = result.to_clip()
         clip = Clip(id=clip.id, frames=shrink_frames(clip.frames, self.frame_size), crops=clip.crops)
         info = {
@@ -226,6 +232,20 @@ def preprocess(config: FinetuneConfig) -> dict[str, Any]:
         }
         for r in records.records
     ]
+    dropped = Counter(records.dropped)
+    examples = {k: list(v) for k, v in records.examples.items()}
+    total = len(records.records) + sum(records.dropped.values())
+    # The manifest is named after what it is made from (usable records and settings): a complete
+    # preprocessing of the same data is reused as it is.
+    key = clip_key(json.dumps({"rows": rows, "dropped": dict(records.dropped)}, sort_keys=True), params)
+    manifest = storage.join(config.cache_dir, "manifests", f"{key}.jsonl")
+    summary_uri = storage.join(config.cache_dir, "manifests", f"{key}.json")
+    if storage.exists(manifest) and storage.exists(summary_uri):
+        summary = {**json.loads(storage.read_text(summary_uri)), "reused": True}
+        summary["seconds"] = round(time.perf_counter() - started, 2)
+        storage.write_text(storage.join(config.run_dir, "preprocess.json"), json.dumps(summary, indent=2))
+        log.info("preprocessing of these records is complete: reusing %s", manifest)
+        return summary
     log.info("preprocessing %d records (%s dropped) into %s", len(rows), dict(records.dropped), clips)
     done: list[dict[str, Any]] = []
     if rows:
@@ -241,12 +261,10 @@ def preprocess(config: FinetuneConfig) -> dict[str, Any]:
         )
         position = {r["id"]: i for i, r in enumerate(rows)}
         done = sorted(dataset.take_all(), key=lambda r: position[r["id"]])
-    dropped = Counter(records.dropped)
-    examples = {k: list(v) for k, v in records.examples.items()}
     items = []
     for row in done:
         if row.get("error"):
-            reason = row.get("reason", "video_error")
+            reason = row.get("reason", "video_unreadable")
             dropped[reason] += 1
             if len(examples.setdefault(reason, [])) < 5:
                 examples[reason].append(f"{row['id']}: {row['error']}")
@@ -254,20 +272,20 @@ def preprocess(config: FinetuneConfig) -> dict[str, Any]:
         items.append(
             TrainItem(row["id"], row["caption"], row["clip"], int(row["n_frames"]), bool(row["has_crops"]))
         )
-    manifest_key = clip_key(config.data.train, {**params, "video_root": config.data.video_root})
-    manifest = storage.join(config.cache_dir, "manifests", f"{manifest_key}.jsonl")
-    storage.write_text(manifest, "".join(json.dumps(it.to_dict()) + "\n" for it in items))
     summary = {
         "manifest": manifest,
-        "records": len(records.records) + sum(records.dropped.values()),
+        "records": total,
         "usable": len(items),
         "cached_before": sum(1 for r in done if r.get("cached")),
         "tracked": sum(1 for r in done if not r.get("error") and not r.get("cached")),
         "no_face": sum(1 for r in done if not r.get("error") and not r.get("has_crops")),
         "dropped": dict(sorted(dropped.items())),
         "dropped_examples": examples,
+        "reused": False,
         "seconds": round(time.perf_counter() - started, 2),
     }
+    storage.write_text(manifest, "".join(json.dumps(it.to_dict()) + "\n" for it in items))
+    storage.write_text(summary_uri, json.dumps(summary, indent=2))
     storage.write_text(storage.join(config.run_dir, "preprocess.json"), json.dumps(summary, indent=2))
     return summary
 
@@ -292,6 +310,50 @@ class MetricsLog:
 
     def flush(self) -> None:
         storage.write_text(self.uri, self.text())
+
+
+def checkpoint_complete(folder: str) -> int | None:
+    """The step of a checkpoint folder when all of it is there (state and every rank's shard), else None."""
+    try:
+        state = json.loads(storage.read_text(storage.join(folder, "train_state.json")))
+        shards = list(storage.list_uris(storage.join(folder, "deepspeed"), suffixes="optim_states.pt"))
+    except (FileNotFoundError, storage.StorageError, ValueError):
+        return None
+    return int(state["step"]) if len(shards) == int(state.get("world_size", -1)) else None
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The complete checkpoint with the highest step under a run folder.
+
+    The run folder is scanned rather than trusting only Ray's registry: Ray registers a reported
+    checkpoint a moment after the workers upload it, so a crash right after a checkpoint can leave the
+    newest checkpoint on storage but unregistered.
+    """
+    try:
+        states = list(storage.list_uris(run_dir, suffixes="train_state.json"))
+    except (FileNotFoundError, storage.StorageError):
+        return None
+    best: tuple[int, str] | None = None
+    for uri in states:
+        folder = uri[: -len("/train_state.json")]
+        if not folder.rsplit("/", 1)[-1].startswith("checkpoint_"):
+            continue
+        step = checkpoint_complete(folder)
+        if step is not None and (best is None or step > best[0]):
+            best = (step, folder)
+    return None if best is None else best[1]
+
+
+def local_checkpoint(uri: str, tmp: Path) -> Path:
+    """A local folder with the checkpoint's files (the folder itself when it is local)."""
+    if not storage.is_s3(uri):
+        return Path(uri)
+    for item in storage.list_uris(uri):
+        target = tmp / item[len(uri) :].lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with storage.open_read(item) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    return tmp
 
 
 def _progress(total: int, initial: int):
@@ -335,21 +397,23 @@ def train_loop(loop: dict[str, Any]) -> None:
     assert session.order is not None and session.report is not None
     metrics = MetricsLog(loop["metrics_uri"])
     start = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = session.load(folder)
-            start = int(state["step"])
-            if int(state.get("global_batch", session.order.global_batch)) != session.order.global_batch:
+    resume = latest_checkpoint(loop["run_dir"])
+    if resume is not None:
+        with tempfile.TemporaryDirectory(prefix="facetrack-resume-") as tmp:
+            folder = local_checkpoint(resume, Path(tmp))
+            state = json.loads((folder / "train_state.json").read_text(encoding="utf-8"))
+            if int(state["world_size"]) != world or int(state["global_batch"]) != session.order.global_batch:
                 raise ValueError(
-                    f"the checkpoint was trained with a global batch of {state['global_batch']}, this run "
-                    f"has {session.order.global_batch}: keep num_workers x micro_batch_size x grad_accum"
+                    f"{resume} was written by {state['world_size']} workers with a global batch of "
+                    f"{state['global_batch']}; this run has {world} and {session.order.global_batch}: resume "
+                    "with the same num_workers, micro_batch_size and grad_accum"
                 )
-            saved = Path(folder) / "metrics.jsonl"
+            start = int(session.load(folder)["step"])
+            saved = folder / "metrics.jsonl"
             if rank == 0 and saved.is_file():
                 metrics.rows = MetricsLog.parse(saved.read_text(encoding="utf-8"), start)
         if rank == 0:
-            log.info("resumed from step %d of %d", start, session.total_steps)
+            log.info("resumed from %s: step %d of %d", resume, start, session.total_steps)
     info = {
         "data": session.data_stats,
         "trainable": session.report.summary(),
@@ -374,6 +438,7 @@ def train_loop(loop: dict[str, Any]) -> None:
                 "step": stats.step,
                 "epoch": stats.epoch,
                 "global_batch": session.order.global_batch,
+                "world_size": world,
                 "samples_seen": stats.step * session.order.global_batch,
                 "seed": train.seed,
                 "model": loop["model"],
@@ -389,7 +454,7 @@ def train_loop(loop: dict[str, Any]) -> None:
                 )
             if rank == 0:
                 metrics.flush()
-        if train.fail_after_step and stats.step == train.fail_after_step and rank == 0:
+        if train.fail_after_step == stats.step and start == 0 and rank == 0:
             log.error("fault injection: rank 0 exits after step %d", stats.step)
             os._exit(1)
     if bar is not None:
@@ -421,6 +486,7 @@ def train(config: FinetuneConfig, manifest: str) -> Any:
         "train": to_dict(config.train),
         "deepspeed": deepspeed_base_config(config.train.deepspeed),
         "metrics_uri": storage.join(config.run_dir, "metrics.jsonl"),
+        "run_dir": config.run_dir,
     }
     trainer = TorchTrainer(
         train_loop,
@@ -508,18 +574,6 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The job's options (shared by ``python -m jobs.finetune`` and ``facetrack finetune``)."""
-    parser.add_argument("--config", help="YAML config (see jobs/configs/finetune_*.yaml)")
-    parser.add_argument("--num-workers", type=int, help="training workers (scaling.num_workers)")
-    parser.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.use_gpu=true)")
-    parser.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (scaling.cpus_per_worker)")
-    parser.add_argument("--preprocess-only", action="store_true", help="cache the clips and stop")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-4"
-    )
 
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
