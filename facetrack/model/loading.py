@@ -670,7 +670,10 @@ def _load_videollama2(
     llm = load_llm(lm_folder, spec.llm, dtype)
     extra_llm = {k: v for k, v in ckpt.items() if _is_llm_key(k)}
     if extra_llm:  # e.g. resized embeddings saved among the non-LoRA trainables
-        llm.load_state_dict(extra_llm, strict=False)
+        try:
+            llm.load_state_dict(extra_llm, strict=False)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{folder}: language model tensors do not fit the config: {exc}") from exc
     face_path = face_encoder_path or cfg.get("face_encoder_path")
     model = _assemble(spec, llm, ckpt, str(folder), tower_dir, face_path, folder)
     if kind == "videollama2-lora":

@@ -74,3 +74,20 @@ def test_mean_pool_projectors() -> None:
 def test_unknown_projector_type() -> None:
     with pytest.raises(ValueError, match="unknown mm_projector_type 'qformer'"):
         build_projector("qformer", 8, 16)
+
+
+def test_stc_token_order_matches_videollama2s_rearrangements() -> None:
+    # The same submodules driven by VideoLLaMA2's einops patterns must give the same tokens in the same order.
+    einops = pytest.importorskip("einops")
+    connector = STCConnector(in_features=6, hidden=8, depth=1).eval()
+    x = torch.randn(2, 4, 36, 6)
+    with torch.no_grad():
+        y = einops.rearrange(x, "b t (h w) d -> b d t h w", h=6, w=6)
+        y = einops.rearrange(y, "b d t h w -> (b t) d h w")
+        y = einops.rearrange(connector.s1(y), "(b t) d h w -> b d t h w", t=4)
+        y = connector.sampler(y)
+        t2 = y.size(2)
+        y = einops.rearrange(y, "b d t h w -> (b t) d h w")
+        y = einops.rearrange(connector.s2(y), "(b t) d h w -> b (t h w) d", t=t2)
+        expected = connector.readout(y)
+        torch.testing.assert_close(connector(x), expected)
