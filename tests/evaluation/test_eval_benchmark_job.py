@@ -158,3 +158,48 @@ def test_benchmark_needs_exactly_one_source_of_predictions(tmp_path: Path, capsy
     assert main(["--ref", str(ref), "--out", str(tmp_path / "o")]) == 2
     assert main(["--ref", str(ref), "--out", str(tmp_path / "o"), "--pred", "p", "--caption-model", "m"]) == 2
     assert "exactly one of --pred and --caption-model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_benchmark_captioned_first_by_the_caption_job(ray_local, tmp_path: Path) -> None:
+    """Caption two composed videos (and a corrupt one) with a tiny random checkpoint, then score them."""
+    pytest.importorskip("torch")
+    pytest.importorskip("dlib")
+    from facetrack.cli import main as cli_main
+    from facetrack.samples import write_samples
+    from jobs.benchmark import main
+
+    ckpt = tmp_path / "tiny"
+    assert cli_main(["tiny-model", str(ckpt), "--frames", "8"]) == 0
+    videos = tmp_path / "videos"
+    written = write_samples(videos / "clips", n=2, seconds=1.0, width=320, height=180, kinds=["extras"])
+    (videos / "clips" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(512))
+    names = sorted(p.name for p in (videos / "clips").glob("sample-*.mp4"))
+    assert len(names) == len(written) == 2
+    refs = [
+        {"id": "one", "video": f"clips/{names[0]}", "caption": CAPTIONS["man_smile"]},
+        {"id": "two", "video": f"clips/{names[1]}", "caption": CAPTIONS["boy_talk"]},
+        {"id": "bad", "video": "clips/corrupt.mp4", "caption": CAPTIONS["woman_frown"]},
+    ]
+    (tmp_path / "fec.json").write_text(json.dumps(refs))
+    out = tmp_path / "eval"
+    args = ["--ref", str(tmp_path / "fec.json"), "--caption-model", str(ckpt), "--video-root", str(videos)]
+    args += ["--out", str(out), "--workers", "1", "--metrics", "tem,rouge_l"]
+    for setting in ("captioner.max_new_tokens=4", "track.video.num_frames=8", "sheets=false"):
+        args += ["--caption-override", setting]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["failed_ids"] == ["bad"], "the corrupt video becomes a failed prediction"
+    assert report["counts"]["paired"] == 2 and report["counts"]["missing"] == 0
+    rows = {r["id"]: r for r in shards_rows(out / "captions")}
+    assert set(rows) == {"one", "two", "bad"} and rows["bad"]["error"]
+    assert isinstance(rows["one"]["caption"], str)
+    # A random tiny model writes no facial events: such items are counted, not scored.
+    tem = report["metrics"]["tem"]
+    assert tem["n_ok"] + tem["n_empty_pred"] == 2
+
+
+def shards_rows(folder: Path) -> list[dict]:
+    from facetrack.shards import read_rows
+
+    return read_rows(str(folder))
