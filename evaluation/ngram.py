@@ -1,4 +1,8 @@
-"""CIDEr (pycocoevalcap's CIDEr-D) and ROUGE-L (rouge-score) of predictions against single references.
+"""CIDEr (pycocoevalcap's CIDEr-D) and ROUGE-L of predictions against single references.
+
+ROUGE-L comes from pycocoevalcap by default (the COCO caption toolkit's ROUGE-L, an F-measure weighted
+towards recall with beta 1.2, the same toolkit as CIDEr) or from Google's rouge-score (plain F1,
+``implementation="rouge-score"``).
 
 CIDEr's document frequencies come from the references of the whole corpus, so a per-item CIDEr depends on
 the set it was computed with; the corpus value is the mean of the per-item values as pycocoevalcap
@@ -13,6 +17,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 Tokenizer = Literal["simple", "ptb"]
+RougeImpl = Literal["coco", "rouge-score"]
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 EVAL_INSTALL = "pip install 'facetrack[eval]'"
@@ -56,19 +61,33 @@ def cider(
 
 
 def rouge_l(
-    predictions: Mapping[str, str], references: Mapping[str, str], tokenizer: Tokenizer = "simple"
+    predictions: Mapping[str, str],
+    references: Mapping[str, str],
+    tokenizer: Tokenizer = "simple",
+    implementation: RougeImpl = "coco",
 ) -> tuple[float | None, dict[str, float]]:
-    """Mean and per-item ROUGE-L F-measure (longest common subsequence of tokens, no stemming)."""
-    try:
-        from rouge_score import rouge_scorer
-    except ImportError as exc:
-        raise ImportError(f"ROUGE-L needs rouge-score: {EVAL_INSTALL}") from exc
+    """Mean and per-item ROUGE-L (longest common subsequence of tokens, no stemming)."""
     ids = sorted(set(predictions) & set(references))
     if not ids:
         return None, {}
     preds = _tokenize_all({i: predictions[i] for i in ids}, tokenizer)
     refs = _tokenize_all({i: references[i] for i in ids}, tokenizer)
+    if implementation == "coco":
+        try:
+            from pycocoevalcap.rouge.rouge import Rouge
+        except ImportError as exc:
+            raise ImportError(f"ROUGE-L needs pycocoevalcap: {EVAL_INSTALL}") from exc
+        scorer = Rouge()
+        per_item = {}
+        for i in ids:
+            # pycocoevalcap's calc_score fails on an empty candidate; an empty caption scores 0.
+            per_item[i] = float(scorer.calc_score([preds[i]], [refs[i]])) if preds[i] and refs[i] else 0.0
+        return sum(per_item.values()) / len(per_item), per_item
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError as exc:
+        raise ImportError(f"ROUGE-L needs rouge-score: {EVAL_INSTALL}") from exc
     # Text is already tokenized; rouge-score's own tokenizer only splits it again on non-alphanumerics.
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    per_item = {i: float(scorer.score(refs[i], preds[i])["rougeL"].fmeasure) for i in ids}
+    google = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    per_item = {i: float(google.score(refs[i], preds[i])["rougeL"].fmeasure) for i in ids}
     return sum(per_item.values()) / len(per_item), per_item

@@ -40,6 +40,8 @@ class EvalConfig:
     autodq: autodq.AutoDQConfig = field(default_factory=autodq.AutoDQConfig)
     vcgpt: vcgpt.VcgptConfig = field(default_factory=vcgpt.VcgptConfig)
     tokenizer: ngram.Tokenizer = "simple"
+    rouge: ngram.RougeImpl = "coco"
+    """ROUGE-L from pycocoevalcap (``coco``, recall-weighted F) or rouge-score (plain F1)."""
     cache: str = ""
     """Judge cache folder (local or ``s3://``); empty means ``<out>/judge_cache``, ``off`` disables it."""
     missing: MissingPolicy = "exclude"
@@ -218,7 +220,7 @@ def summarize(
         metrics["cider"] = corpus
         per_item_ngram["cider"] = per_item
     if "rouge_l" in config.metrics:
-        corpus, per_item = ngram.rouge_l(preds, refs, config.tokenizer)
+        corpus, per_item = ngram.rouge_l(preds, refs, config.tokenizer, config.rouge)
         metrics["rouge_l"] = corpus
         per_item_ngram["rouge_l"] = per_item
     stats = {k: dict(v) for k, v in (judge_stats or {}).items()}

@@ -256,17 +256,15 @@ def items_csv(results: Sequence[ItemResult], pairing: Pairing, report: Mapping[s
 def plot_png(report: Mapping[str, Any], results: Sequence[ItemResult]) -> bytes:
     """Per-item TEM F1 histogram; with published rows, a second panel of TEM next to the paper's models."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
     except ImportError as exc:
         raise ImportError("the report plot needs matplotlib: pip install 'facetrack[eval]'") from exc
     f1s = [r.tem.f1 for r in results if r.tem is not None and r.tem.f1 is not None]
     tem_metrics = (report.get("metrics") or {}).get("tem") or {}
     published = report.get("published")
     ncols = 2 if published else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.2), squeeze=False)
+    fig = Figure(figsize=(6.5 * ncols, 4.2))
+    axes = fig.subplots(1, ncols, squeeze=False)
     ax = axes[0][0]
     ax.hist(f1s, bins=[i / 20 for i in range(21)], color="#4C72B0", edgecolor="white")
     if tem_metrics.get("tem") is not None:
@@ -292,7 +290,10 @@ def plot_png(report: Mapping[str, Any], results: Sequence[ItemResult]) -> bytes:
         ax.legend(fontsize=8)
     if published:
         ax2 = axes[0][1]
-        names = [f"{report.get('model', 'model')} (this run)"]
+        names = [
+            f"{report.get('model', 'model')} (this run)"
+            + (", approx. judge" if judge.get("approximate") else "")
+        ]
         values = [tem_metrics.get("tem") or 0.0]
         errs = [(0.0, 0.0)]
         for row in published["rows"]:
@@ -312,7 +313,6 @@ def plot_png(report: Mapping[str, Any], results: Sequence[ItemResult]) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     return buf.getvalue()
 
 

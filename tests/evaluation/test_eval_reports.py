@@ -71,6 +71,16 @@ def test_rouge_l_and_cider_behave() -> None:
     assert ngram.cider({}, refs) == (None, {})
 
 
+def test_both_rouge_implementations_agree_roughly() -> None:
+    refs = dict(CAPTIONS)
+    shifted = dict(zip(refs, list(refs.values())[1:] + list(refs.values())[:1]))
+    coco, _ = ngram.rouge_l(shifted, refs)
+    google, _ = ngram.rouge_l(shifted, refs, implementation="rouge-score")
+    assert 0 < coco < 1 and abs(coco - google) < 0.05
+    for implementation in ("coco", "rouge-score"):
+        assert ngram.rouge_l({"a": ""}, {"a": "he smiles"}, implementation=implementation)[0] == 0.0
+
+
 def test_tokenizer_drops_punctuation_and_case() -> None:
     assert ngram.tokenize("He smiles, then she's SAD!\nEnd.") == "he smiles then she's sad end"
 
