@@ -11,11 +11,13 @@ Two sets of frames are taken from every video:
 A sample time ``t`` takes the frame on screen at ``t`` (the last frame whose presentation time is not
 after ``t``), so variable frame rate videos are sampled by time, not by frame count.
 
-Decoding streams: frames come out in presentation order, only the sampled ones are converted to
-arrays, and at most ``chunk_size`` of them are held at once. decord is used when it can read the file;
-PyAV otherwise (and always for rotated videos, whose display matrix decord does not apply). Rotation
-metadata is applied, so frames come out as a player shows them. A file that cannot be read (missing,
-empty, not a video, audio only, truncated or corrupt) raises :class:`VideoError` naming it.
+Decoding streams: frames come out in presentation order and only the sampled ones are converted to
+arrays. PyAV decodes by default and decord is the fallback for files PyAV cannot open: next to a face
+detector, decord's read-ahead thread converts every frame and held ~0.7 GB more memory and ~10% more CPU
+on a 60 s clip (see bench/track.py), and decord does not apply rotation (a rotated file comes out
+garbled). Rotation metadata is applied, so frames come out as a player shows them. A file that cannot
+be read (missing, empty, not a video, audio only, truncated or corrupt) raises :class:`VideoError`
+naming it.
 """
 
 from __future__ import annotations
@@ -63,9 +65,7 @@ class VideoConfig:
     max_tracking_frames: int = 256
     """At most this many tracking frames; a longer video gets this many, evenly spaced."""
     backend: Literal["auto", "decord", "pyav"] = "auto"
-    """``auto``: decord when it can read the file (and it is not rotated), else PyAV."""
-    chunk_size: int = 16
-    """Frames decoded and held at once."""
+    """``auto``: PyAV, and decord for a file PyAV cannot open. ``decord`` ignores rotation metadata."""
     threads: int = 1
     """Decoder threads (match the CPUs given to the task)."""
     seek_gap: float = 4.0
@@ -78,8 +78,6 @@ class VideoConfig:
             raise ValueError("tracking_fps must be positive")
         if self.max_tracking_frames < 1:
             raise ValueError("max_tracking_frames must be at least 1")
-        if self.chunk_size < 1:
-            raise ValueError("chunk_size must be at least 1")
         if self.threads < 0:
             raise ValueError("threads must be 0 (decoder default) or more")
 
@@ -174,7 +172,7 @@ class _Reader:
 
     info: VideoInfo
 
-    def iter_at(self, times: np.ndarray, chunk_size: int) -> Iterator[SampledFrame]:
+    def iter_at(self, times: np.ndarray) -> Iterator[SampledFrame]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -182,7 +180,8 @@ class _Reader:
 
 
 class _DecordReader(_Reader):
-    def __init__(self, target: Any, name: str, rotation: int, threads: int):
+    def __init__(self, target: Any, name: str, rotation: int, threads: int, seek_gap: float = 4.0):
+        self._seek_gap = seek_gap
         try:
             import decord
         except ImportError as exc:
@@ -211,19 +210,26 @@ class _DecordReader(_Reader):
         self._rotation = rotation
         self.info = VideoInfo(name, "decord", int(w), int(h), fps, n, end, rotation)
 
-    def iter_at(self, times: np.ndarray, chunk_size: int) -> Iterator[SampledFrame]:
+    def iter_at(self, times: np.ndarray) -> Iterator[SampledFrame]:
+        # One frame at a time, in order: frames between samples are decoded and skipped (no conversion)
+        # unless the next sample is more than ``seek_gap`` seconds ahead, then decord seeks. Batched
+        # random access (``get_batch``) allocates far more transient memory next to a detector.
         indices = _display_index(self._times, np.asarray(times, dtype=np.float64))
         order: dict[int, list[int]] = {}
         for slot, idx in enumerate(indices.tolist()):
             order.setdefault(int(idx), []).append(slot)
-        unique = sorted(order)
-        for start in range(0, len(unique), chunk_size):
-            chunk = unique[start : start + chunk_size]
-            batch = self._vr.get_batch(chunk).asnumpy()
-            for i, idx in enumerate(chunk):
-                image = _rotate(batch[i], self._rotation)
-                yield SampledFrame(image, idx, float(self._times[idx]), tuple(order[idx]))
-            del batch
+        vr = self._vr
+        vr.seek(0)
+        pos = 0
+        for idx in sorted(order):
+            if idx > pos:
+                if self._times[idx] - self._times[pos] > self._seek_gap:
+                    vr.seek_accurate(idx)
+                else:
+                    vr.skip_frames(idx - pos)
+            image = _rotate(vr.next().asnumpy(), self._rotation)
+            pos = idx + 1
+            yield SampledFrame(image, idx, float(self._times[idx]), tuple(order[idx]))
 
     def close(self) -> None:
         self._vr = None
@@ -335,7 +341,7 @@ class _PyAVReader(_Reader):
         except av.error.FFmpegError as exc:
             raise VideoError(self._name, f"truncated or corrupt video data ({_ffmpeg_reason(exc)})") from exc
 
-    def iter_at(self, times: np.ndarray, chunk_size: int) -> Iterator[SampledFrame]:
+    def iter_at(self, times: np.ndarray) -> Iterator[SampledFrame]:
         times = np.asarray(times, dtype=np.float64)
         if times.size == 0:
             return
@@ -401,7 +407,7 @@ class Video:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def iter_at(self, times: Sequence[float] | np.ndarray, chunk_size: int = 16) -> Iterator[SampledFrame]:
+    def iter_at(self, times: Sequence[float] | np.ndarray) -> Iterator[SampledFrame]:
         """Yield, in presentation order, each distinct frame on screen at the given times.
 
         Raises:
@@ -409,19 +415,19 @@ class Video:
         """
         times = np.asarray(times, dtype=np.float64)
         try:
-            yield from self._reader.iter_at(times, chunk_size)
+            yield from self._reader.iter_at(times)
         except VideoError:
             raise
         except Exception as exc:  # decoder libraries raise their own types on bad data
             raise VideoError(self.info.name, f"decoding failed ({type(exc).__name__}: {exc})") from exc
 
-    def read_at(self, times: Sequence[float] | np.ndarray, chunk_size: int = 16) -> Frames:
+    def read_at(self, times: Sequence[float] | np.ndarray) -> Frames:
         """The frames on screen at ``times`` (one per time, repeats allowed) as :class:`Frames`."""
         times = np.asarray(times, dtype=np.float64)
         images: list[np.ndarray | None] = [None] * len(times)
         indices = [0] * len(times)
         stamps = [0.0] * len(times)
-        for item in self.iter_at(times, chunk_size):
+        for item in self.iter_at(times):
             for slot in item.slots:
                 images[slot] = item.image
                 indices[slot] = item.index
@@ -505,8 +511,7 @@ def open_video(
     Args:
         source: a local path, an ``s3://`` URI (streamed to a temporary file that is removed on close),
             or the file's bytes.
-        backend: ``auto`` probes with PyAV (clear errors, rotation), then decodes with decord when it can
-            and the video is not rotated, PyAV otherwise.
+        backend: ``auto`` decodes with PyAV, and with decord when PyAV cannot open the file.
         name: how errors name the video (default: the path or URI).
 
     Raises:
@@ -525,45 +530,44 @@ def open_video(
         raise
 
 
+def _decord_reader(opened: _Opened, threads: int, seek_gap: float) -> _DecordReader:
+    try:
+        return _DecordReader(_fresh(opened.target), opened.name, 0, threads, seek_gap)
+    except (VideoError, ImportError):
+        raise
+    except Exception as exc:
+        raise VideoError(opened.name, f"not a readable video (decord: {_first_line(exc)})") from exc
+
+
+def _pyav_reader(opened: _Opened, threads: int, seek_gap: float) -> _PyAVReader:
+    try:
+        return _PyAVReader(_fresh(opened.target), opened.name, threads, seek_gap)
+    except (VideoError, ImportError):
+        raise
+    except Exception as exc:  # a damaged container can trip PyAV in unexpected places
+        raise VideoError(opened.name, f"not a readable video ({type(exc).__name__}: {exc})") from exc
+
+
 def _open(opened: _Opened, backend: str, threads: int, seek_gap: float) -> Video:
+    have_av, have_decord = _importable("av"), _importable("decord")
     if backend == "decord":
+        return Video(_decord_reader(opened, threads, seek_gap), opened.cleanup)
+    if backend == "pyav" or have_av:
         try:
-            return Video(_DecordReader(_fresh(opened.target), opened.name, 0, threads), opened.cleanup)
-        except VideoError:
-            raise
-        except ImportError:
-            raise
-        except Exception as exc:
-            raise VideoError(opened.name, f"decord cannot read it ({_first_line(exc)})") from exc
-    have_av = _importable("av")
-    if backend == "pyav" or (backend == "auto" and have_av):
-        try:
-            probe = _PyAVReader(_fresh(opened.target), opened.name, threads, seek_gap)
-        except (VideoError, ImportError):
-            raise
-        except Exception as exc:  # a damaged container can trip PyAV in unexpected places
-            raise VideoError(opened.name, f"not a readable video ({type(exc).__name__}: {exc})") from exc
-        if backend == "pyav" or probe.info.rotation != 0 or not _importable("decord"):
-            return Video(probe, opened.cleanup)
-        rotation = probe.info.rotation
-        try:
-            reader = _DecordReader(_fresh(opened.target), opened.name, rotation, threads)
-        except ImportError:
-            return Video(probe, opened.cleanup)
-        except Exception as exc:
-            logger.debug("%s: decord cannot read it (%s); using PyAV", opened.name, _first_line(exc))
-            return Video(probe, opened.cleanup)
-        probe.close()
-        return Video(reader, opened.cleanup)
-    if _importable("decord"):
+            return Video(_pyav_reader(opened, threads, seek_gap), opened.cleanup)
+        except VideoError as exc:
+            if backend == "pyav" or not have_decord:
+                raise
+            try:
+                reader = _decord_reader(opened, threads, seek_gap)
+            except (VideoError, ImportError):
+                raise exc from None
+            logger.info("%s: PyAV cannot read it (%s); decoding with decord", opened.name, exc.reason)
+            return Video(reader, opened.cleanup)
+    if have_decord:
         logger.warning("PyAV is not installed: rotation metadata is not applied (%s)", _INSTALL)
-        try:
-            return Video(_DecordReader(_fresh(opened.target), opened.name, 0, threads), opened.cleanup)
-        except VideoError:
-            raise
-        except Exception as exc:
-            raise VideoError(opened.name, f"not a readable video ({_first_line(exc)})") from exc
-    raise ImportError(f"no video decoder installed (decord or PyAV): {_INSTALL}")
+        return Video(_decord_reader(opened, threads, seek_gap), opened.cleanup)
+    raise ImportError(f"no video decoder installed (PyAV or decord): {_INSTALL}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -598,7 +602,7 @@ def sample_frames(
         t = len(plan.model_times)
         model: list[SampledFrame | None] = [None] * t
         tracking: list[SampledFrame] = []
-        for item, model_slots, is_tracking in stream_samples(video, plan, config.chunk_size):
+        for item, model_slots, is_tracking in stream_samples(video, plan):
             for s in model_slots:
                 model[s] = item
             if is_tracking:
@@ -623,10 +627,8 @@ def sample_frames(
     return model_frames, tracking_frames
 
 
-def stream_samples(
-    video: Video, plan: SamplePlan, chunk_size: int = 16
-) -> Iterator[tuple[SampledFrame, tuple[int, ...], bool]]:
-    """Decode the frames a plan needs, in order, without holding more than a chunk.
+def stream_samples(video: Video, plan: SamplePlan) -> Iterator[tuple[SampledFrame, tuple[int, ...], bool]]:
+    """Decode the frames a plan needs, in order, one at a time.
 
     Yields ``(frame, model_slots, is_tracking)``: the model-frame positions the frame fills, and whether
     it is a tracking frame. A source frame that several tracking times land on is a tracking frame once.
@@ -637,16 +639,10 @@ def stream_samples(
     for slot in range(t):
         model_of_unique.setdefault(int(inverse[slot]), []).append(slot)
     tracking_unique = {int(u) for u in inverse[t:]}
-    last_tracking_index: int | None = None
-    for item in video.iter_at(unique, chunk_size):
+    # Each distinct source frame comes once, carrying every sample time that lands on it.
+    for item in video.iter_at(unique):
         model_slots: list[int] = []
-        is_tracking = False
         for u in item.slots:
             model_slots.extend(model_of_unique.get(u, ()))
-            if u in tracking_unique:
-                is_tracking = True
-        if is_tracking and last_tracking_index == item.index and item.index >= 0:
-            is_tracking = False
-        if is_tracking:
-            last_tracking_index = item.index
+        is_tracking = any(u in tracking_unique for u in item.slots)
         yield item, tuple(sorted(model_slots)), is_tracking

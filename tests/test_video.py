@@ -179,13 +179,13 @@ def test_streaming_holds_a_bounded_number_of_frames(tmp_path: Path, backend: str
         plan = plan_samples(video.info.duration, video.info.fps, video.info.num_frames, VideoConfig())
         tracemalloc.start()
         count = 0
-        for item, _, is_tracking in stream_samples(video, plan, chunk_size=8):
+        for item, _, is_tracking in stream_samples(video, plan):
             count += is_tracking
             del item
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
     assert count == len(plan.tracking_times) == 192
-    # All tracking frames together would be 192 frames; the stream never holds more than a few chunks.
+    # All tracking frames together would be 192 frames; the stream holds a few at most.
     assert peak < 40 * frame_bytes, peak / frame_bytes
 
 

@@ -153,7 +153,7 @@ class FaceTrackStage:
             t = len(plan.model_times)
             model: list[tuple[np.ndarray, int, float] | None] = [None] * t
             tracking_times: list[float] = []
-            stream = stream_samples(opened, plan, cfg.video.chunk_size)
+            stream = stream_samples(opened, plan)
             timings["decode"] += time.perf_counter() - t0
             while True:
                 t0 = time.perf_counter()

@@ -109,6 +109,21 @@ def test_builtin_min_face_and_max_faces(full_res_analyser) -> None:
     assert all(max(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= 125 for f in kept)
 
 
+def test_builtin_cnn_detector(builtin_analyser) -> None:
+    from facetrack.faces.dlib_backend import DlibFaceAnalyser
+
+    patch = np.pad(face_sources()["hopper"].patch, ((30, 30), (30, 30), (0, 0)), mode="edge")
+    cnn = DlibFaceAnalyser(FaceConfig(backend="builtin", detector="cnn", detect_size=320))
+    cnn.setup()
+    faces = analyse(cnn, patch)
+    hog = analyse(builtin_analyser, patch)
+    assert len(faces) == 1 and len(hog) == 1
+    from tests.faces.face_helpers import iou
+
+    assert iou(faces[0].box, hog[0].box) > 0.5
+    assert 1.0 - faces[0].embedding @ hog[0].embedding < builtin_analyser.match_distance
+
+
 def test_registry_imports_backends_lazily() -> None:
     assert set(BACKENDS) == {"insightface", "builtin"}
     assert backend_class("builtin").__name__ == "DlibFaceAnalyser"

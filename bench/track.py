@@ -1,0 +1,203 @@
+"""Benchmark of the face tracking stage on composed clips: where the time goes, throughput, memory.
+
+Run by hand:
+  python bench/track.py                       # built-in backend, 5 s and 60 s clips
+  python bench/track.py --backend insightface --seconds 5 --repeat 5 --out bench-track.json
+
+For each clip length it composes a clip from packaged faces (a main face, extras entering and leaving),
+runs the stage (``FaceTrackStage.process``) ``--repeat`` times after one warm-up run, and reports the
+median split into decode / detect+embed / track / select+crop, the wall and CPU time per clip, clips per
+second per core (one clip uses one core: 1 / CPU seconds), the peak resident memory above the process's
+baseline while a clip runs, and the ratio of the whole stage to detection+embedding alone on the same
+tracking frames (decoded beforehand, same embedding policy): the floor no tracking stage can go under.
+A 60 s clip runs twice: with the default cap on tracking frames and without a cap (every frame at 16 fps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from facetrack.config import to_dict  # noqa: E402
+from facetrack.faces.base import FaceConfig  # noqa: E402
+from facetrack.faces.stage import FaceTrackConfig, FaceTrackStage, _EmbeddingReuse  # noqa: E402
+from facetrack.samples import Extra, SampleSpec, compose_video  # noqa: E402
+from facetrack.video import VideoConfig, sample_frames  # noqa: E402
+
+
+class PeakRSS:
+    """Samples the process's resident memory in a thread; ``peak`` is the maximum seen (bytes)."""
+
+    def __init__(self, interval: float = 0.005):
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.baseline = self._proc.memory_info().rss
+        self.peak = self.baseline
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(self._interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def clip_spec(seconds: float, width: int, height: int) -> SampleSpec:
+    """A main face across the whole clip; extras entering and leaving every ~5 s."""
+    extras = []
+    names = ["t1-0", "t1-5", "t1-3", "t1-2"]
+    period = 5.0
+    k = 0
+    start = 0.3
+    while start < seconds - 1.0:
+        side = "right" if k % 2 == 0 else "left"
+        extras.append(
+            Extra(names[k % len(names)], start, min(seconds - 0.1, start + 0.6 * period), side=side)
+        )
+        start += period
+        k += 1
+    return SampleSpec(
+        seconds, width=width, height=height, extras=extras, occlusion=(0.45 * seconds, 0.45 * seconds + 0.8)
+    )
+
+
+def floor_seconds(stage: FaceTrackStage, path: str) -> tuple[float, int]:
+    """Detection + embedding alone on the clip's tracking frames (decoded beforehand)."""
+    _, tracking = sample_frames(path, stage.config.video)
+    analyser = stage.analyser
+    reuse = _EmbeddingReuse(stage.config.faces.reembed_every)
+    start = time.perf_counter()
+    for k, image in enumerate(tracking.images):
+        faces = analyser.detect(image, k)
+        need = reuse.assign(faces)
+        if need:
+            for i, emb in zip(need, analyser.embed(image, [faces[i] for i in need])):
+                faces[i].embedding = emb
+        reuse.remember(faces)
+    return time.perf_counter() - start, len(tracking)
+
+
+def bench_clip(stage: FaceTrackStage, path: str, repeat: int) -> dict[str, Any]:
+    stage.process(path)  # warm-up: caches, lazy imports, thread pools
+    runs = []
+    for _ in range(repeat):
+        cpu0 = time.process_time()
+        with PeakRSS() as mem:
+            result = stage.process(path)
+        cpu = time.process_time() - cpu0
+        if result.error:
+            raise SystemExit(f"the stage failed on {path}: {result.error}")
+        runs.append({**result.timings, "cpu": cpu, "peak_mb": (mem.peak - mem.baseline) / 2**20})
+    floors = [floor_seconds(stage, path)[0] for _ in range(repeat)]
+    med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    floor = statistics.median(floors)
+    return {
+        "tracking_frames": result.n_tracking_frames,
+        "tracks": len(result.tracks),
+        "main_track_frames": len(result.main_track.frames) if result.main_track else 0,
+        "decode_s": med["decode"],
+        "detect_embed_s": med["detect_embed"],
+        "track_s": med["track"],
+        "select_crop_s": med["select_crop"],
+        "total_s": med["total"],
+        "cpu_s": med["cpu"],
+        "clips_per_s_per_core": 1.0 / med["cpu"] if med["cpu"] > 0 else float("inf"),
+        "peak_mb": max(r["peak_mb"] for r in runs),
+        "floor_s": floor,
+        "ratio_to_floor": med["total"] / floor if floor > 0 else float("inf"),
+        "runs": runs,
+        "floor_runs": floors,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="builtin", choices=["builtin", "insightface", "auto"])
+    parser.add_argument("--seconds", default="5,60", help="clip lengths, comma-separated (default 5,60)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=360)
+    parser.add_argument("--no-uncapped", action="store_true", help="skip the uncapped run of long clips")
+    parser.add_argument("--out", default="bench-track.json")
+    args = parser.parse_args(argv)
+
+    base = FaceTrackConfig(faces=FaceConfig(backend=args.backend))
+    stage = FaceTrackStage(base)
+    t0 = time.perf_counter()
+    stage.setup()
+    setup_s = time.perf_counter() - t0
+    uncapped = FaceTrackStage(
+        FaceTrackConfig(faces=base.faces, video=VideoConfig(max_tracking_frames=100_000)),
+        analyser=stage.analyser,
+    )
+    uncapped.setup()
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="facetrack-bench-") as tmp:
+        for seconds in [float(s) for s in args.seconds.split(",") if s.strip()]:
+            path = str(Path(tmp) / f"clip-{seconds:g}s.mp4")
+            compose_video(path, clip_spec(seconds, args.width, args.height))
+            variants = [("capped", stage)]
+            if not args.no_uncapped and seconds * base.video.tracking_fps > base.video.max_tracking_frames:
+                variants.append(("uncapped", uncapped))
+            for label, which in variants:
+                name = f"{seconds:g} s" + (" (no cap)" if label == "uncapped" else "")
+                print(f"running {name} ...", file=sys.stderr)
+                rows.append({"clip": name, "seconds": seconds, **bench_clip(which, path, args.repeat)})
+
+    header = (
+        f"{'clip':<14}{'frames':>7}{'decode':>8}{'det+emb':>9}{'track':>8}{'sel+crop':>9}{'total':>8}"
+        f"{'floor':>8}{'ratio':>7}{'clips/s/core':>14}{'peak MB':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['clip']:<14}{r['tracking_frames']:>7}{r['decode_s']:>8.3f}{r['detect_embed_s']:>9.3f}"
+            f"{r['track_s']:>8.3f}{r['select_crop_s']:>9.3f}{r['total_s']:>8.3f}{r['floor_s']:>8.3f}"
+            f"{r['ratio_to_floor']:>7.2f}{r['clips_per_s_per_core']:>14.3f}{r['peak_mb']:>9.1f}"
+        )
+    report = {
+        "backend": stage.analyser.name,
+        "setup_s": setup_s,
+        "repeat": args.repeat,
+        "frame_size": [args.width, args.height],
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "config": to_dict(base),
+        "rows": rows,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(
+        f"\nbackend {report['backend']} (setup {setup_s:.2f} s); times are medians in seconds -> {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
