@@ -367,12 +367,58 @@ class MicroBatches(torch.utils.data.IterableDataset):
                 count += 1
 
 
+class TrainingForward(nn.Module):
+    """The training forward of FaceTrack-MM, with the same modules run on every rank for every batch.
+
+    Data-parallel training needs every rank to run the same modules in the same order: ZeRO-3 gathers
+    each module's weights collectively when it runs, and ZeRO-2 reduces gradients in buckets as they
+    arrive. A clip without a main face skips the face branch in :meth:`FaceTrackMM.forward`, so here
+    such a clip gets a blank crop through the face branch instead; its face tokens are left out of the
+    sequence and enter the loss with weight zero, so every trainable weight gets a (possibly zero)
+    gradient on every rank.
+    """
+
+    def __init__(self, model: FaceTrackMM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        sequences: Sequence[Sequence[int]],
+        pixel_values: torch.Tensor,
+        face_pixels: Sequence[torch.Tensor | None],
+        labels: Sequence[Sequence[int]],
+    ) -> torch.Tensor:
+        model = self.model
+        visual = list(model.encode_video(pixel_values).unbind(0))
+        unused = None
+        if model.has_face_branch:
+            assert model.face_processor is not None
+            size = model.face_processor.size
+            n_frames = pixel_values.shape[1]
+            blank = pixel_values.new_zeros((n_frames, 3, size, size))
+            crops = [blank if f is None else f for f in face_pixels]
+            if len({c.shape for c in crops}) == 1:
+                faces = list(model.encode_faces(torch.stack(crops)).unbind(0))
+            else:
+                faces = [model.encode_faces(c[None])[0] for c in crops]
+            for i, tokens in enumerate(faces):
+                if face_pixels[i] is not None:
+                    visual[i] = torch.cat([visual[i], tokens.to(visual[i].dtype)], dim=0)
+                else:
+                    zero = tokens.float().sum() * 0.0
+                    unused = zero if unused is None else unused + zero
+        embeds, mask, lab = model.embed(sequences, visual, labels, padding_side="right")
+        loss = model.llm(inputs_embeds=embeds, attention_mask=mask, labels=lab).loss
+        return loss if unused is None else loss + unused.to(loss.dtype)
+
+
 def batch_loss(model: nn.Module, batch: Batch, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Mean token cross-entropy over the answer tokens of a micro-batch."""
+    """Mean token cross-entropy over the answer tokens of a micro-batch (``model``: a
+    :class:`TrainingForward` or a DeepSpeed engine around one)."""
     pixel_values = batch.pixel_values.to(device, dtype)
     faces = [None if f is None else f.to(device, dtype) for f in batch.face_pixels]
-    out = model(batch.sequences, pixel_values, faces, labels=batch.labels, padding_side="right")
-    return out.loss
+    return model(batch.sequences, pixel_values, faces, batch.labels)
 
 
 def visual_token_count(model: FaceTrackMM, n_frames: int, has_crops: bool) -> int:
@@ -682,7 +728,7 @@ class FinetuneSession:
         config = resolve_deepspeed_config(self.base_ds_config, self.train, self.bf16)
         model.to(self.device)
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+            model=TrainingForward(model), optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
         self.model = model
 

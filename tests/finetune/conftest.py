@@ -15,7 +15,7 @@ CAPTIONS = [
     "He squints, looks down and then looks back up calmly.",
     "The character shows a brief grin that turns into a serious stare.",
 ]
-KINDS = ["extras", "occlusion", "cut", "extras", "cut", "occlusion"]
+KINDS = ["extras", "occlusion", "cut", "no-face", "cut", "occlusion"]
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def fda_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Six short composed clips with captions plus four bad records; returns the records file.
+    """Six short composed clips (one without any face) with captions plus four bad records.
 
     Bad records: a missing video file, an empty caption, a record without ``video`` and a file that is
     not a video.

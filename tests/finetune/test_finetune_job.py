@@ -61,6 +61,7 @@ def test_bad_records_are_skipped_and_counted(straight: dict) -> None:
     prep = straight["preprocess"]
     assert prep["records"] == 10
     assert prep["usable"] == 6
+    assert prep["no_face"] == 1  # trained on frames alone, next to clips with face tokens
     assert prep["dropped"] == {
         "empty_caption": 1,
         "no_video_field": 1,
