@@ -46,7 +46,9 @@ def session_worker(rank: int, world: int, args: dict[str, Any]) -> None:
     from facetrack.data import load_templates
     from facetrack.model.training import FinetuneSession, LoraSettings, TrainItem, TrainSettings
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world)
+    )
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args["port"]))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)

@@ -103,7 +103,10 @@ def test_bad_settings_are_refused() -> None:
         load_finetune_config(base, ["train.learning_rate=0.1"])
     with pytest.raises(ConfigError, match="full_rank"):
         load_finetune_config(base, ["lora.full_rank=[vision_tower]"])
-    assert load_finetune_config(base, ["scaling.num_workers=16", "scaling.use_gpu=true"]).scaling.num_workers == 16
+    assert (
+        load_finetune_config(base, ["scaling.num_workers=16", "scaling.use_gpu=true"]).scaling.num_workers
+        == 16
+    )
 
 
 def test_lora_targets_the_llm_linears_and_projectors_train_at_full_rank() -> None:
@@ -144,8 +147,8 @@ def test_zero3_session_saves_a_gathered_adapter_and_resumes_exactly(tiny_model: 
     """Two processes, DeepSpeed ZeRO-3 on CPU: checkpoint at step 2, resume gives the same steps 3-4."""
     pytest.importorskip("deepspeed", reason="needs deepspeed (pip install 'facetrack[train]')")
     import torch.multiprocessing as mp
-
     from finetune_session_helpers import session_worker, write_clip_cache
+
     from jobs.finetune import deepspeed_base_config
 
     items = write_clip_cache(tmp_path, n=8)
