@@ -84,7 +84,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"| {prow['model']} (paper) | {cells} |")
     lines += [
         "",
-        "Correctness, Detail, Context and Temporal are VideoChatGPT scores (0-5); the others are 0-1.",
+        "Correctness, Detail, Context and Temporal are VideoChatGPT scores (0-5); CIDEr is pycocoevalcap's "
+        "CIDEr-D (0-10); ROUGE-L, AutoDQ and TEM are 0-1.",
     ]
     if published:
         lines.append(f"Paper rows: {published['source']} ({published['url']}). {published.get('note', '')}")
