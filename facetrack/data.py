@@ -348,3 +348,54 @@ def tokenize_example(
         n_visual=n_visual,
         n_cut=n_cut,
     )
+
+
+# ------------------------------------------------------------------------------------------- demo data
+
+_DEMO_KINDS = ("extras", "occlusion", "cut", "no-face")
+
+
+def _demo_caption(spec: Any) -> str:
+    """A caption of what a composed clip shows (its composition, not a real facial expression)."""
+    parts = []
+    if spec.main is None:
+        parts.append("No single main character: the scene shows no face or only small passing faces.")
+    else:
+        start, end = spec.main_path
+        direction = "from left to right" if end > start else "from right to left"
+        parts.append(f"A person faces the camera with a steady, neutral expression and drifts {direction}.")
+    if len(spec.extras) == 1:
+        parts.append("Another person enters and leaves the frame.")
+    elif spec.extras:
+        parts.append(f"{len(spec.extras)} other people enter and leave the frame.")
+    if spec.occlusion:
+        parts.append("For a moment a panel hides the face, then it is visible again.")
+    if spec.no_face:
+        parts.append("The video cuts to an empty scene and back to the person.")
+    return " ".join(parts)
+
+
+def write_demo_dataset(
+    out_dir: str, n: int = 6, seconds: float = 1.5, width: int = 192, height: int = 128
+) -> str:
+    """Compose ``n`` short clips from packaged face photographs and write FDA records for them.
+
+    The captions describe each clip's composition (who moves where, occlusions, cuts): enough for a
+    model to learn something in a demo or test, not facial-expression data. Writes ``clip-<i>.mp4`` and
+    ``train.json`` under ``out_dir`` (a local folder) and returns the records file's path.
+    """
+    import os
+
+    from facetrack.samples import compose_video, preset
+
+    os.makedirs(out_dir, exist_ok=True)
+    records = []
+    for i in range(n):
+        spec = preset(_DEMO_KINDS[i % len(_DEMO_KINDS)], seconds=seconds, seed=i, width=width, height=height)
+        name = f"clip-{i:03d}.mp4"
+        compose_video(os.path.join(out_dir, name), spec)
+        records.append({"id": f"clip-{i:03d}", "video": name, "caption": _demo_caption(spec)})
+    path = os.path.join(out_dir, "train.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=1)
+    return path

@@ -134,9 +134,28 @@ class FinetuneConfig:
         return storage.join(self.storage_root, "cache")
 
 
+def _absolute(path: str | None, must_exist: bool = False) -> str | None:
+    """A local relative path made absolute (Ray workers do not share the driver's working directory)."""
+    if not path or storage.is_s3(path) or os.path.isabs(path):
+        return path
+    if must_exist and not os.path.exists(path):
+        return path  # not a local path: a hub id
+    return os.path.abspath(path)
+
+
 def load_finetune_config(path: str | None, overrides: Sequence[str] = ()) -> FinetuneConfig:
-    """Build a :class:`FinetuneConfig` from a YAML file and ``key=value`` overrides."""
-    return load_config(FinetuneConfig, path, overrides)
+    """Build a :class:`FinetuneConfig` from a YAML file and ``key=value`` overrides.
+
+    Local relative paths (model, records, templates, cache, storage) are made absolute.
+    """
+    config = load_config(FinetuneConfig, path, overrides)
+    config.model = _absolute(config.model, must_exist=True) or config.model
+    config.data.train = _absolute(config.data.train) or config.data.train
+    config.data.video_root = _absolute(config.data.video_root)
+    config.data.templates = _absolute(config.data.templates)
+    config.data.cache = _absolute(config.data.cache) or ""
+    config.storage_path = _absolute(config.storage_path) or config.storage_path
+    return config
 
 
 def deepspeed_base_config(name: str) -> dict[str, Any]:
@@ -596,6 +615,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.make_demo_data:
+        from facetrack.commands.finetune import make_demo_data
+
+        return make_demo_data(args.make_demo_data)
     try:
         config = config_from_args(args)
     except ConfigError as exc:

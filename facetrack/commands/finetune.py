@@ -6,6 +6,7 @@ RAY_ADDRESS); on a cluster, submit it with `facetrack submit finetune ...`. Sett
 resumes from the latest checkpoint.
 
 Examples:
+  facetrack tiny-model tiny-model && facetrack finetune --make-demo-data samples
   facetrack finetune --config jobs/configs/finetune_tiny_cpu.yaml
   facetrack finetune --config my.yaml --num-workers 8 --gpu train.lr=1.0e-4 name=run2
   facetrack finetune --config my.yaml --preprocess-only
@@ -27,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (scaling.cpus_per_worker)")
     parser.add_argument("--preprocess-only", action="store_true", help="track and cache the clips, then stop")
     parser.add_argument(
+        "--make-demo-data",
+        metavar="DIR",
+        help="compose a few clips from packaged face photos, write DIR/train.json (FDA records) and stop",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1.0e-4 name=run2"
     )
 
@@ -47,7 +53,16 @@ def job_argv(args: argparse.Namespace) -> list[str]:
     return argv + list(args.overrides)
 
 
+def make_demo_data(out_dir: str) -> int:
+    from facetrack.data import write_demo_dataset
+
+    print(write_demo_dataset(out_dir))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.make_demo_data:
+        return make_demo_data(args.make_demo_data)
     # The job lives in jobs/ (the only package that imports Ray): run it as its own process.
     cmd = [sys.executable, "-m", "jobs.finetune", *job_argv(args)]
     return subprocess.call(cmd, env=dict(os.environ))

@@ -7,16 +7,6 @@ from pathlib import Path
 
 import pytest
 
-CAPTIONS = [
-    "The woman smiles warmly, then her smile fades into a calm look.",
-    "The man raises his eyebrows in surprise and then laughs.",
-    "The person keeps a neutral face while glancing to the side.",
-    "She frowns slightly, then relaxes and smiles.",
-    "He squints, looks down and then looks back up calmly.",
-    "The character shows a brief grin that turns into a serious stare.",
-]
-KINDS = ["extras", "occlusion", "cut", "no-face", "cut", "occlusion"]
-
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -37,17 +27,14 @@ def fda_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Bad records: a missing video file, an empty caption, a record without ``video`` and a file that is
     not a video.
     """
-    from facetrack.samples import compose_video, preset
+    from facetrack.data import write_demo_dataset
 
     root = tmp_path_factory.mktemp("fda")
-    records = []
-    for i, (kind, caption) in enumerate(zip(KINDS, CAPTIONS)):
-        compose_video(root / f"clip{i}.mp4", preset(kind, seconds=1.5, seed=i, width=192, height=128))
-        records.append({"id": f"clip{i}", "video": f"clip{i}.mp4", "caption": caption})
+    records = json.loads(Path(write_demo_dataset(str(root), n=6)).read_text())
     (root / "broken.mp4").write_bytes(b"this is not a video" * 10)
     records += [
         {"id": "gone", "video": "does-not-exist.mp4", "caption": "A face."},
-        {"id": "silent", "video": "clip0.mp4", "caption": "   "},
+        {"id": "silent", "video": "clip-000.mp4", "caption": "   "},
         {"id": "novideo", "caption": "A face without a video."},
         {"id": "broken", "video": "broken.mp4", "caption": "A broken file."},
     ]
