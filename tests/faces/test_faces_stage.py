@@ -213,3 +213,19 @@ def test_track_command_writes_json_and_sheets(tmp_path: Path, clips) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["videos"] == 2 and summary["errors"] == 1
     assert summary["config"]["faces"]["backend"] == "builtin"
+
+
+def test_track_command_reads_and_writes_s3(tmp_path: Path, clips, s3_bucket: str) -> None:
+    from facetrack import storage
+    from facetrack.cli import main
+
+    src = f"s3://{s3_bucket}/in/no-face.mp4"
+    storage.write_bytes(src, Path(clips["no-face"].path).read_bytes())
+    out = f"s3://{s3_bucket}/tracks"
+    assert (
+        main(["track", f"s3://{s3_bucket}/in/", "--set", "faces.backend=builtin", "--out", out, "--quiet"])
+        == 0
+    )
+    record = json.loads(storage.read_text(f"{out}/no-face.mp4.json"))
+    assert record["video"] == src and record["error"] is None and record["tracks"] == []
+    assert storage.exists(f"{out}/no-face.mp4.png") and storage.exists(f"{out}/summary.json")
