@@ -10,6 +10,7 @@ non-commercial research.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -99,11 +100,13 @@ class InsightFaceAnalyser:
         bgr = np.ascontiguousarray(image[..., ::-1])
         size = int(self._rec.input_size[0])
         crops = []
-        for face in faces:
-            if face.landmarks is None:
-                raise ValueError("insightface embeddings need the detector's 5 landmarks")
-            crops.append(
-                face_align.norm_crop(bgr, landmark=np.asarray(face.landmarks, np.float32), image_size=size)
-            )
+        with warnings.catch_warnings():
+            # insightface's alignment calls a scikit-image API that newer releases mark as deprecated.
+            warnings.simplefilter("ignore", FutureWarning)
+            for face in faces:
+                if face.landmarks is None:
+                    raise ValueError("insightface embeddings need the detector's 5 landmarks")
+                lmk = np.asarray(face.landmarks, np.float32)
+                crops.append(face_align.norm_crop(bgr, landmark=lmk, image_size=size))
         feats = np.asarray(self._rec.get_feat(crops), dtype=np.float32).reshape(len(crops), -1)
         return l2_normalise(feats)
