@@ -196,4 +196,18 @@ def test_result_record() -> None:
 def test_from_model_wraps_a_loaded_model(loaded, captioner: Captioner, clips: list[Clip]) -> None:
     wrapped = Captioner.from_model(CaptionerConfig(model="in-memory", max_new_tokens=12), loaded)
     assert wrapped.model is loaded.model
-    assert [r.caption for r in wrapped.caption(clips[:2])] == [r.caption for r in captioner.caption(clips[:2])]
+    assert [r.caption for r in wrapped.caption(clips[:2])] == [
+        r.caption for r in captioner.caption(clips[:2])
+    ]
+
+
+@pytest.mark.gpu
+def test_gpu_runs_in_bfloat16(tiny_dir: Path, clips: list[Clip]) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    c = Captioner(CaptionerConfig(model=str(tiny_dir), device="auto", max_new_tokens=8))
+    results = c.caption(clips)
+    assert c.model.device.type == "cuda" and c.model.dtype == torch.bfloat16
+    assert all(r.ok and r.num_tokens > 0 for r in results)
