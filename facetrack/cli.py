@@ -76,7 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     module.add_arguments(parser)
     idx = argv.index(known.command)
-    args = parser.parse_args(argv[idx + 1 :])
+    rest = argv[idx + 1 :]
+    try:
+        # Options and key=value overrides may come in any order.
+        args = parser.parse_intermixed_args(rest)
+    except TypeError:  # a command that takes a remainder of arguments (submit) parses them as given
+        args = parser.parse_args(rest)
     return int(module.run(args) or 0)
 
 

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,18 +49,16 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        deadline = time.monotonic() + 120
+        # Ready once a trivial job runs: the job server and the head's job agent are both up.
+        deadline = time.monotonic() + 180
+        probe = ["ray", "job", "submit", "--address", address, "--", "python", "-c", "print('ready')"]
         while True:
             assert proc.poll() is None, (temp / "head.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            ready = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=120)
+            if ready.returncode == 0:
                 break
-            except OSError as exc:
-                if getattr(exc, "code", None) in (401, 403):  # the job server is up and wants the token
-                    break
-                if time.monotonic() > deadline:
-                    raise AssertionError("the Ray head's job server did not come up") from exc
-                time.sleep(1)
+            assert time.monotonic() < deadline, f"the Ray head never ran a job:\n{ready.stderr[-2000:]}"
+            time.sleep(2)
         yield address, token, env
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -92,6 +89,11 @@ def test_submit_caption_job_to_a_token_protected_head(ray_head, tmp_path, tiny_c
         timeout=120,
     )
     assert refused.returncode != 0
+    assert (
+        "unauthenticated" in refused.stderr.lower()
+        or "401" in refused.stderr
+        or "token" in refused.stderr.lower()
+    )
     assert not out.exists()
 
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
