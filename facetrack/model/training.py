@@ -592,6 +592,7 @@ class StepStats:
     tokens: int
     tokens_cut: int
     seconds: float
+    """Wall time of the step on rank 0: loading its micro-batches, forward, backward, optimizer."""
 
     def row(self) -> dict[str, Any]:
         return {
@@ -681,6 +682,11 @@ class FinetuneSession:
         prompt_max = longest_prompt(self.tokenizer, self.templates)
         visual = [visual_token_count(model, it.n_frames, it.has_crops) for it in self.all_items]
         keep = [i for i, v in enumerate(visual) if prompt_max + v < self.train.max_length]
+        if not keep:
+            raise ValueError(
+                f"no example fits train.max_length={self.train.max_length}: the longest prompt has "
+                f"{prompt_max} text tokens and a clip adds {min(visual)} or more visual tokens"
+            )
         items = [self.all_items[i] for i in keep]
         visual = [visual[i] for i in keep]
         self.builder = ExampleBuilder(
@@ -763,7 +769,6 @@ class FinetuneSession:
             if k == 0:
                 torch.manual_seed(step_seed(self.train.seed, step, self.rank))
                 loss_sum.zero_()
-                started = time.perf_counter()
             loss = batch_loss(engine, batch, self.device, dtype)
             engine.backward(loss)
             if k == accum - 1:
@@ -789,6 +794,7 @@ class FinetuneSession:
                     tokens_cut=int(totals[3]),
                     seconds=seconds,
                 )
+                started = time.perf_counter()  # data loading counts, the caller's checkpointing not
 
     # -- checkpoints --------------------------------------------------------------------------------
 
