@@ -853,14 +853,18 @@ def model_num_frames(source: str) -> int:
     from facetrack import storage
     from facetrack.model.loading import OUR_CONFIG, resolve_source
 
-    if storage.is_s3(source) or Path(source).is_dir():
-        base = source
-    else:  # a hub id: fetch it (configs and all) through the loader's own resolution
-        base = str(resolve_source(source))
-    ours = storage.join(base, OUR_CONFIG)
+    if not (storage.is_s3(source) or Path(source).is_dir()):  # a hub id: its config files only
+        try:
+            from huggingface_hub import hf_hub_download
+
+            config = json.loads(Path(hf_hub_download(source, "config.json")).read_text())
+            return int(config.get("num_frames") or 8)
+        except Exception:  # noqa: BLE001 - any hub failure: let the loader resolve (and explain) it
+            source = str(resolve_source(source))
+    ours = storage.join(source, OUR_CONFIG)
     if storage.exists(ours):
         return int(json.loads(storage.read_text(ours))["spec"].get("num_frames") or 8)
-    config = json.loads(storage.read_text(storage.join(base, "config.json")))
+    config = json.loads(storage.read_text(storage.join(source, "config.json")))
     return int(config.get("num_frames") or 8)
 
 

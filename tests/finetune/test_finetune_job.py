@@ -7,6 +7,8 @@ another name, killed after a step that has no checkpoint, then resumed by a fres
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +17,11 @@ pytest.importorskip("deepspeed", reason="fine-tuning needs deepspeed (pip instal
 pytest.importorskip("peft", reason="fine-tuning needs peft (pip install 'facetrack[model]')")
 
 STEPS = 6  # 6 clips, 2 workers x 1 example: 3 steps per epoch, 2 epochs
+CONFIG = "jobs/configs/finetune_tiny_cpu.yaml"
 
 
-def make_config(tiny_model: Path, fda_dataset: Path, storage: Path, name: str, **train):
-    from jobs.finetune import load_finetune_config
-
-    overrides = [
+def overrides(tiny_model: Path, fda_dataset: Path, storage: Path | str, name: str, **train) -> list[str]:
+    return [
         f"model={tiny_model}",
         f"data.train={fda_dataset}",
         f"storage_path={storage}",
@@ -35,7 +36,12 @@ def make_config(tiny_model: Path, fda_dataset: Path, storage: Path, name: str, *
         "scaling.cpus_per_worker=0.5",
         "data.preprocess_cpus=0.5",
     ] + [f"train.{k}={v}" for k, v in train.items()]
-    return load_finetune_config("jobs/configs/finetune_tiny_cpu.yaml", overrides)
+
+
+def make_config(tiny_model: Path, fda_dataset: Path, storage: Path, name: str, **train):
+    from jobs.finetune import load_finetune_config
+
+    return load_finetune_config(CONFIG, overrides(tiny_model, fda_dataset, storage, name, **train))
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -132,19 +138,38 @@ def test_preprocessing_reuses_a_complete_run_and_resumes_an_interrupted_one(
     assert first_clip.is_file() and manifest.read_text() == text
 
 
-def test_kill_and_resume_gives_the_same_losses(
-    straight: dict, tiny_model: Path, fda_dataset: Path, storage: Path
+def test_kill_and_resume_on_s3_gives_the_same_losses(
+    straight: dict,
+    s3_server,
+    s3_bucket: str,
+    tiny_model: Path,
+    fda_dataset: Path,
+    storage: Path,
+    tmp_path: Path,
 ) -> None:
-    from jobs.finetune import run
+    """The CLI on this machine with runs and clip cache on S3: killed after step 3 (its last checkpoint
+    is at step 2), then run again: the resumed run's losses are the uninterrupted run's."""
+    from facetrack import storage as store
+    from facetrack.cli import main
 
-    with pytest.raises(Exception):  # noqa: B017 - rank 0 dies abruptly; Ray reports a worker failure
-        run(make_config(tiny_model, fda_dataset, storage, "resumed", fail_after_step=3))
-    killed = losses(storage / "resumed")
-    assert len(killed) == 2  # the metrics file is written with each checkpoint: steps 1-2
-    resumed = run(make_config(tiny_model, fda_dataset, storage, "resumed"))
-    assert resumed["train"]["resumed_from"] == 2
+    root = f"s3://{s3_bucket}/finetune"
+    args = [sys.executable, "-m", "jobs.finetune", "--config", CONFIG]
+    args += overrides(tiny_model, fda_dataset, root, "resumed")
+    killed = subprocess.run([*args, "train.fail_after_step=3"], capture_output=True, text=True, timeout=400)
+    assert killed.returncode != 0
+    metrics = f"{root}/resumed/metrics.jsonl"
+    assert len(store.read_text(metrics).splitlines()) == 2  # written with each checkpoint: steps 1-2
+    done = subprocess.run(args, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(store.read_text(f"{root}/resumed/summary.json"))
+    assert summary["train"]["resumed_from"] == 2
+    assert summary["preprocess"]["reused"] is True  # the clip cache on S3 was complete after the first run
+    rows = [json.loads(line) for line in store.read_text(metrics).splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     expected = losses(storage / "straight")
-    assert losses(storage / "resumed") == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    assert [r["loss"] for r in rows] == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    assert main(["export", f"{root}/resumed", str(tmp_path / "exported")]) == 0
+    assert json.loads((tmp_path / "exported" / "train_state.json").read_text())["step"] == STEPS
 
 
 def test_exported_adapter_loads_in_the_captioner_and_changes_its_output(

@@ -137,6 +137,71 @@ def test_lora_targets_the_llm_linears_and_projectors_train_at_full_rank() -> Non
     assert all(torch.equal(a[n], p) for n, p in other.named_parameters() if "lora_A" in n)  # same init
 
 
+def test_micro_batches_with_loader_workers_come_in_training_order(tiny_model: Path, tmp_path: Path) -> None:
+    from finetune_session_helpers import write_clip_cache
+
+    from facetrack.data import load_templates
+    from facetrack.model.loading import load_model
+    from facetrack.model.training import ExampleBuilder, MicroBatches, TrainItem, visual_token_count
+
+    loaded = load_model(str(tiny_model))
+    model = loaded.model
+    items = [TrainItem.from_dict(d) for d in write_clip_cache(tmp_path, n=6)]
+    visual = [visual_token_count(model, it.n_frames, it.has_crops) for it in items]
+    builder = ExampleBuilder(
+        items,
+        loaded.tokenizer,
+        load_templates(),
+        model.image_processor,
+        model.face_processor,
+        visual,
+        4096,
+        3,
+    )
+    order = DataOrder(n_examples=6, world_size=2, micro_batch=1, grad_accum=2, seed=3)
+
+    def run(workers: int) -> list[tuple[int, int, list[str]]]:
+        loader = torch.utils.data.DataLoader(
+            MicroBatches(builder, order, rank=1, start_step=1, end_step=4),
+            batch_size=None,
+            num_workers=workers,
+        )
+        return [(step, k, batch.ids) for step, k, batch in loader]
+
+    serial = run(0)
+    assert [(s, k) for s, k, _ in serial] == [(1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1)]
+    expected = [[items[i].id for i in b] for step in range(1, 4) for b in order.micro_batches(step, 1)]
+    assert [ids for _, _, ids in serial] == expected
+    assert run(2) == serial
+    batch = builder.batch([0, 1], epoch=0)
+    assert batch.pixel_values.shape == (2, 8, 3, 112, 112)
+    assert batch.face_pixels[0] is None and batch.face_pixels[1].shape == (8, 3, 112, 112)  # clip0: no face
+    assert batch.n_tokens == sum(len(s) - 1 for s in batch.sequences) + visual[0] + visual[1]
+
+
+def test_finetune_command_passes_its_options_to_the_job() -> None:
+    import argparse
+
+    from facetrack.commands.finetune import add_arguments, job_argv
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--config", "c.yaml", "--num-workers", "8", "--gpu", "train.lr=0.001", "name=x"]
+    )
+    assert job_argv(args) == ["--config", "c.yaml", "--num-workers", "8", "--gpu", "train.lr=0.001", "name=x"]
+    from jobs.finetune import config_from_args
+
+    config = config_from_args(
+        parser.parse_args(
+            ["--config", str(CONFIGS / "finetune_tiny_cpu.yaml"), "--num-workers", "3", "--gpu"]
+        )
+    )
+    assert config.scaling.num_workers == 3 and config.scaling.use_gpu is True
+    assert Path(config.data.train).is_absolute() and Path(config.storage_path).is_absolute()
+    assert config.model == "tiny-model"  # no such folder here: taken for a hub id, left as it is
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -144,7 +209,8 @@ def _free_port() -> int:
 
 
 def test_zero3_session_saves_a_gathered_adapter_and_resumes_exactly(tiny_model: Path, tmp_path: Path) -> None:
-    """Two processes, DeepSpeed ZeRO-3 on CPU: checkpoint at step 2, resume gives the same steps 3-4."""
+    """Two processes, DeepSpeed ZeRO-3 on CPU with gradient checkpointing: checkpoint at step 2, resume
+    gives the same steps 3-4."""
     pytest.importorskip("deepspeed", reason="needs deepspeed (pip install 'facetrack[train]')")
     import torch.multiprocessing as mp
     from finetune_session_helpers import session_worker, write_clip_cache
@@ -155,7 +221,14 @@ def test_zero3_session_saves_a_gathered_adapter_and_resumes_exactly(tiny_model: 
     args = {
         "model": str(tiny_model),
         "items": items,
-        "train": {"epochs": 1, "max_steps": 4, "lr": 5e-3, "warmup_ratio": 0.0, "precision": "fp32"},
+        "train": {
+            "epochs": 1,
+            "max_steps": 4,
+            "lr": 5e-3,
+            "warmup_ratio": 0.0,
+            "precision": "fp32",
+            "gradient_checkpointing": True,
+        },
         "deepspeed": deepspeed_base_config("zero3"),
         "ckpt": str(tmp_path / "ckpt"),
         "out": str(tmp_path / "out.json"),
