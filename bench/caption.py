@@ -1,6 +1,6 @@
 """Captioner throughput (clips per second) against batch size; prints a table and writes JSON.
 
-    python bench/caption.py                                  # CPU, the small model below
+    python bench/caption.py --threads 1                      # CPU, the small model below
     python bench/caption.py --size 7b --device cuda          # GPU, a 7B-shaped model (VideoLLaMA2-7B-16F)
     python bench/caption.py --model path/to/checkpoint       # any checkpoint the captioner loads
 
@@ -9,8 +9,10 @@ Models (random weights; throughput does not depend on the values):
 - ``small`` (CPU default): CLIP vision tower 224 px / 14 px patches, width 128, 4 layers; STC connector
   with depth-4 RegStages at width 256; Mistral LM width 256, 4 layers, 8 heads (4 KV), MLP 768, vocab
   32000; face branch (vision tower on the crops, 4 tokens per frame); 8 frames -> 405 video + 32 face
-  tokens per clip. About 28M parameters. Written to a temporary VideoLLaMA2 folder and loaded through the
+  tokens per clip. 22.5M parameters. Written to a temporary VideoLLaMA2 folder and loaded through the
   captioner like any checkpoint.
+- ``tiny``: the test model of ``facetrack tiny-model`` (112 px, CLIP width 32 / 2 layers, Mistral width
+  64 / 2 layers, vocab 32000; 125 video + 32 face tokens for 8 frames; 4.4M parameters).
 - ``7b`` (GPU): CLIP ViT-L/14-336 shape, STC connector 1024 -> 4096 (depth 4), Mistral-7B shape
   (32 layers, width 4096, 32 heads / 8 KV, MLP 14336), 16 frames -> 1521 video + 64 face tokens. Built in
   bf16 directly on the GPU (no checkpoint on disk).
