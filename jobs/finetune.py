@@ -275,7 +275,7 @@ def preprocess(config: FinetuneConfig) -> dict[str, Any]:
                 "frame_size": config.data.frame_size,
                 "jpeg_quality": config.data.jpeg_quality,
             },
-            concurrency=(1, config.data.preprocess_concurrency),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.data.preprocess_concurrency),
             num_cpus=config.data.preprocess_cpus,
         )
         position = {r["id"]: i for i, r in enumerate(rows)}
@@ -473,6 +473,8 @@ def train_loop(loop: dict[str, Any]) -> None:
                 )
             if rank == 0:
                 metrics.flush()
+        elif rank == 0 and stats.step % train.metrics_every == 0:
+            metrics.flush()
         if train.fail_after_step == stats.step and start == 0 and rank == 0:
             log.error("fault injection: rank 0 exits after step %d", stats.step)
             os._exit(1)

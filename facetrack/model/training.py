@@ -475,6 +475,8 @@ class TrainSettings:
     checkpoint_every: int = 100
     """Save a checkpoint every this many steps (and always after the last step)."""
     keep_checkpoints: int = 2
+    metrics_every: int = 10
+    """Rewrite ``metrics.jsonl`` in storage every this many steps (and with every checkpoint)."""
     loader_workers: int = 0
     """DataLoader worker processes per training worker (0: build batches in the training process)."""
     fail_after_step: int = 0
@@ -484,7 +486,14 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
-        for name in ("epochs", "micro_batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints"):
+        for name in (
+            "epochs",
+            "micro_batch_size",
+            "grad_accum",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "metrics_every",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps < 0 or self.loader_workers < 0 or self.fail_after_step < 0:
