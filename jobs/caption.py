@@ -403,7 +403,7 @@ def _input_error_row(err: InputError, model: str, prompt: str) -> dict[str, Any]
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m jobs.caption", description=__doc__)
     parser.add_argument("input", help="folder, s3:// prefix, or .json/.jsonl manifest of {id, video}")
-    parser.add_argument("--out", required=True, help="output folder or s3:// prefix")
+    parser.add_argument("--out", default="captions", help="output folder or s3:// prefix (default: captions)")
     parser.add_argument(
         "--model", help=f"checkpoint folder, s3:// prefix or hub id (default {DEFAULT_MODEL})"
     )
@@ -445,11 +445,30 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(args)
 
 
+def check_model(model: str) -> str | None:
+    """A clear message when ``model`` names a local folder or ``s3://`` prefix that does not exist.
+
+    Anything else of the form ``org/name`` is taken for a hub id, which the actors download.
+    """
+    if storage.is_s3(model):
+        return None if storage.exists(model.rstrip("/") + "/") else f"no checkpoint under {model}"
+    path = os.path.expanduser(model)
+    if os.path.exists(path):
+        return None if os.path.isdir(path) else f"{model} is not a checkpoint folder"
+    if model.startswith((".", "/", "~")) or model.strip("/").count("/") != 1:
+        return f"no checkpoint folder at {model}"
+    return None
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """Parse config, connect to (or start) Ray, run, print the summary."""
     import ray
 
     cfg = config_from_args(args)
+    problem = check_model(cfg.captioner.model or DEFAULT_MODEL)
+    if problem:
+        print(f"facetrack caption: cannot load the model: {problem}", file=sys.stderr)
+        return 2
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
