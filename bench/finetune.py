@@ -148,6 +148,7 @@ def run_workers(
         "train.grad_accum=1",
         "train.max_length=2048",
         f"train.deepspeed=zero{args.zero}",
+        "train.progress=false",
         "train.loader_workers=2" if gpu else "train.loader_workers=0",
         f"scaling.num_workers={workers}",
         f"scaling.use_gpu={'true' if gpu else 'false'}",

@@ -444,11 +444,12 @@ def train_loop(loop: dict[str, Any]) -> None:
     }
     if rank == 0:
         log.info("training: %s", json.dumps(info))
-    bar = _progress(session.total_steps, start) if rank == 0 else None
+    bar = _progress(session.total_steps, start) if rank == 0 and train.progress else None
     for stats in session.steps(start, session.total_steps):
         row = stats.row()
         if rank == 0:
             metrics.rows.append(row)
+        if bar is not None:
             bar.set_description(f"finetune loss {stats.loss:.4f} lr {stats.lr:.2e}")
             bar.update(1)
         last = stats.step == session.total_steps

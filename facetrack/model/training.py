@@ -476,6 +476,8 @@ class TrainSettings:
     """Save a checkpoint every this many steps (and always after the last step)."""
     keep_checkpoints: int = 2
     metrics_every: int = 10
+    progress: bool = True
+    """Show a progress bar (rank 0)."""
     """Rewrite ``metrics.jsonl`` in storage every this many steps (and with every checkpoint)."""
     loader_workers: int = 0
     """DataLoader worker processes per training worker (0: build batches in the training process)."""
