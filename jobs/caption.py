@@ -324,6 +324,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     counts: Counter[str] = Counter()
     stage_time: Counter[str] = Counter()
     progress = Progress(len(todo) + len(input_errors), cfg.progress_seconds)
+    example: dict[str, str] | None = None
     with ShardWriter(cfg.out, cfg.format, cfg.rows_per_shard, cfg.flush_seconds, run_id) as writer:
         for err in input_errors:
             writer.add(_input_error_row(err, model, prompt))
@@ -358,6 +359,8 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
             for row in ds.iter_rows():
                 final = _final_row(row)
                 writer.add(final)
+                if example is None and final["caption"]:
+                    example = {"id": final["id"], "caption": final["caption"][:300]}
                 if final["error"]:
                     counts["failed"] += 1
                     counts[f"failed/{_reason(final['error'], final['video'])}"] += 1
@@ -388,6 +391,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
         "videos_per_second": round(processed / wall, 4) if wall > 0 else None,
         "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_time.items())},
         "shards": writer.shards_written,
+        "example": example,
         "config": to_dict(cfg),
     }
     storage.write_text(storage.join(cfg.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
@@ -434,10 +438,24 @@ def print_summary(summary: dict[str, Any]) -> None:
     )
     for reason, n in c["failed_by_reason"].items():
         print(f"  failed: {n} x {reason}")
+    if summary.get("example"):
+        print(f"example:  [{summary['example']['id']}] {summary['example']['caption'][:160]!r}")
+    if _random_weights(summary["model"]):
+        print("note:     this checkpoint has random weights (facetrack tiny-model): its captions are noise")
     print(f"rows:     {storage.join(out, 'rows')}/")
     print(f"summary:  {storage.join(out, 'summary.json')}")
     if summary["config"].get("sheets"):
         print(f"sheets:   {storage.join(out, 'sheets')}/  (one contact sheet per video)")
+
+
+def _random_weights(model: str) -> bool:
+    """Whether ``model`` is a local checkpoint written by ``facetrack tiny-model`` (random weights)."""
+    config = os.path.join(os.path.expanduser(model), "config.json")
+    try:
+        with open(config, encoding="utf-8") as f:
+            return "random" in str(json.load(f).get("facetrack_name", ""))
+    except (OSError, ValueError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
