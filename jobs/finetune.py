@@ -544,14 +544,14 @@ def plot_loss(metrics_text: str, title: str) -> bytes | None:
         return None
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", label="loss")
+    (loss_line,) = ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", label="loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax2 = ax.twinx()
-    ax2.plot(steps, [r["lr"] for r in rows], color="tab:orange", alpha=0.6, label="learning rate")
+    (lr_line,) = ax2.plot(steps, [r["lr"] for r in rows], color="tab:orange", alpha=0.6, label="lr")
     ax2.set_ylabel("learning rate")
-    fig.legend(loc="upper right")
+    ax.legend(handles=[loss_line, lr_line], loc="upper right", framealpha=0.8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
