@@ -13,6 +13,8 @@ Models (random weights; throughput does not depend on the values):
   captioner like any checkpoint.
 - ``tiny``: the test model of ``facetrack tiny-model`` (112 px, CLIP width 32 / 2 layers, Mistral width
   64 / 2 layers, vocab 32000; 125 video + 32 face tokens for 8 frames; 4.4M parameters).
+- ``lm``: the tiny model's vision side with a larger language model (Mistral width 512, 8 layers, 8 heads /
+  4 KV, MLP 1536; 65.8M parameters), so that, as in the 7B model, the language model dominates the cost.
 - ``7b`` (GPU): CLIP ViT-L/14-336 shape, STC connector 1024 -> 4096 (depth 4), Mistral-7B shape
   (32 layers, width 4096, 32 heads / 8 KV, MLP 14336), 16 frames -> 1521 video + 64 face tokens. Built in
   bf16 directly on the GPU (no checkpoint on disk).
@@ -53,6 +55,15 @@ def seven_b_size():
     )  # fmt: skip
 
 
+def lm_heavy_size():
+    """A small model with the 7B model's balance: the language model dominates, the vision tower is small."""
+    from facetrack.model.tiny import TinySize
+
+    return TinySize(
+        llm_hidden=512, llm_layers=8, llm_heads=8, llm_kv_heads=4, llm_intermediate=1536, init_std=0.05,
+    )  # fmt: skip
+
+
 def make_clips(n: int, frames: int, seed: int = 0) -> list[Clip]:
     rng = np.random.default_rng(seed)
     return [
@@ -76,8 +87,9 @@ def build_captioner(args: argparse.Namespace, tmp: Path) -> tuple[Captioner, dic
         captioner = Captioner(CaptionerConfig(model=args.model, **common))
         captioner.setup()
         return captioner, {"model": args.model}
-    if args.size in ("tiny", "small"):
-        spec = tiny_spec(BENCH_SIZE if args.size == "small" else None)
+    if args.size in ("tiny", "small", "lm"):
+        sizes = {"tiny": None, "small": BENCH_SIZE, "lm": lm_heavy_size()}
+        spec = tiny_spec(sizes[args.size])
         spec.name = f"bench-{args.size}"
         folder = tmp / spec.name
         save_videollama2(build_tiny(spec), folder)
@@ -147,7 +159,7 @@ def run_batch_size(captioner: Captioner, clips: list[Clip], batch: int, repeat: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--model", help="a checkpoint instead of a random model")
-    parser.add_argument("--size", choices=["tiny", "small", "7b"], default="small")
+    parser.add_argument("--size", choices=["tiny", "small", "lm", "7b"], default="small")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     parser.add_argument("--batch-sizes", default="1,4,8,16")
