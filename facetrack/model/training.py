@@ -1,4 +1,4 @@
-"""Fine-tuning pieces that need torch but not Ray: LoRA setup, trainable groups, data order, batches, saving.
+"""Fine-tuning without Ray: LoRA setup, data order, batches, the DeepSpeed session, checkpoints, export.
 
 What trains (FaceTrack-MM, as in the paper and VideoLLaMA2): LoRA adapters on every linear layer of the
 language model (not its output head), the STC connector (``mm_projector``) and the face projector at full
@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from facetrack import storage
 from facetrack.data import Example
 from facetrack.model.modeling import FaceTrackMM, checkpoint_key
+
+log = logging.getLogger(__name__)
 
 FULL_RANK_MODULES: tuple[str, ...] = ("mm_projector", "face_projector")
 """Modules trained at full rank by default: the STC connector and the face projector."""
@@ -313,7 +318,6 @@ class ExampleBuilder:
         )
 
     def batch(self, indices: Sequence[int], epoch: int) -> Batch:
-        from facetrack import storage
         from facetrack.data import decode_clip
 
         examples, frames, faces = [], [], []
@@ -861,7 +865,6 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 def model_num_frames(source: str) -> int:
     """The frame count a checkpoint was trained with, read from its config only (no weights)."""
-    from facetrack import storage
     from facetrack.model.loading import OUR_CONFIG, resolve_source
 
     if not (storage.is_s3(source) or Path(source).is_dir()):  # a hub id: its config files only
@@ -877,6 +880,104 @@ def model_num_frames(source: str) -> int:
         return int(json.loads(storage.read_text(ours))["spec"].get("num_frames") or 8)
     config = json.loads(storage.read_text(storage.join(source, "config.json")))
     return int(config.get("num_frames") or 8)
+
+
+# ------------------------------------------------------------------------------- metrics, checkpoints
+
+
+class MetricsLog:
+    """Rows of per-step metrics, kept by rank 0 and written as JSONL (the whole file, atomically)."""
+
+    def __init__(self, uri: str, rows: list[dict[str, Any]] | None = None) -> None:
+        self.uri = uri
+        self.rows = list(rows or [])
+
+    @staticmethod
+    def parse(text: str, up_to_step: int) -> list[dict[str, Any]]:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [r for r in rows if int(r["step"]) <= up_to_step]
+
+    def text(self) -> str:
+        return "".join(json.dumps(r) + "\n" for r in self.rows)
+
+    def flush(self) -> None:
+        storage.write_text(self.uri, self.text())
+
+
+def checkpoint_complete(folder: str) -> int | None:
+    """The step of a checkpoint folder when all of it is there (state and every rank's shard), else None."""
+    try:
+        state = json.loads(storage.read_text(storage.join(folder, "train_state.json")))
+        shards = list(storage.list_uris(storage.join(folder, "deepspeed"), suffixes="optim_states.pt"))
+    except (FileNotFoundError, storage.StorageError, ValueError):
+        return None
+    return int(state["step"]) if len(shards) == int(state.get("world_size", -1)) else None
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The complete checkpoint with the highest step under a run folder.
+
+    The run folder is scanned rather than trusting only Ray's registry: Ray registers a reported
+    checkpoint a moment after the workers upload it, so a crash right after a checkpoint can leave the
+    newest checkpoint on storage but unregistered.
+    """
+    try:
+        states = list(storage.list_uris(run_dir, suffixes="train_state.json"))
+    except (FileNotFoundError, storage.StorageError):
+        return None
+    best: tuple[int, str] | None = None
+    for uri in states:
+        folder = uri[: -len("/train_state.json")]
+        if not folder.rsplit("/", 1)[-1].startswith("checkpoint_"):
+            continue
+        step = checkpoint_complete(folder)
+        if step is not None and (best is None or step > best[0]):
+            best = (step, folder)
+    return None if best is None else best[1]
+
+
+def local_checkpoint(uri: str, tmp: Path) -> Path:
+    """A local folder with the checkpoint's files (the folder itself when it is local)."""
+    if not storage.is_s3(uri):
+        return Path(uri)
+    for item in storage.list_uris(uri):
+        target = tmp / item[len(uri) :].lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with storage.open_read(item) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    return tmp
+
+
+def plot_loss(metrics_text: str, title: str) -> bytes | None:
+    """A PNG of loss (and learning rate) per step, or ``None`` without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("no loss curve: matplotlib is missing (pip install 'facetrack[eval]')")
+        return None
+    import io
+
+    rows = [json.loads(line) for line in metrics_text.splitlines() if line.strip()]
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    (loss_line,) = ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax2 = ax.twinx()
+    (lr_line,) = ax2.plot(steps, [r["lr"] for r in rows], color="tab:orange", alpha=0.6, label="lr")
+    ax2.set_ylabel("learning rate")
+    ax.legend(handles=[loss_line, lr_line], loc="upper right", framealpha=0.8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------- export
@@ -896,7 +997,6 @@ def find_checkpoint(source: str) -> str:
     Raises:
         ExportError: no fine-tuning checkpoint there.
     """
-    from facetrack import storage
 
     source = source.rstrip("/")
     if storage.exists(storage.join(source, TRAIN_STATE_FILE)):
@@ -921,7 +1021,6 @@ def find_checkpoint(source: str) -> str:
 
 def _fetch_checkpoint(checkpoint: str, dest: Path) -> dict[str, Any]:
     """Copy the exportable part of a checkpoint (adapter, full-rank weights, state) into ``dest``."""
-    from facetrack import storage
 
     for uri in storage.list_uris(checkpoint):
         rel = uri[len(checkpoint) :].lstrip("/")
