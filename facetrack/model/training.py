@@ -155,6 +155,29 @@ def apply_lora(model: FaceTrackMM, settings: LoraSettings, seed: int = 0) -> Tra
     return trainable_report(model)
 
 
+def add_face_branch(model: FaceTrackMM, tokens_per_frame: int = 4, seed: int = 0) -> bool:
+    """Give a model without a face branch (a plain VideoLLaMA2 checkpoint) FaceTrack-MM's face branch.
+
+    The face encoder is the model's own vision tower on the crops (frozen); the face projector is new,
+    initialised from ``seed`` (the same on every worker), and trains at full rank. Returns whether a
+    branch was added (``False`` when the model has one already).
+    """
+    from facetrack.model.face import face_projector
+
+    if model.has_face_branch:
+        return False
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        projector = face_projector(model.vision_tower.hidden_size, model.hidden_size)
+    param = next(model.mm_projector.parameters())
+    model.face_projector = projector.to(param.device, param.dtype)
+    model.face_processor = model.image_processor
+    model.face_tokens_per_frame = tokens_per_frame
+    model.spec.face_encoder = "vision_tower"
+    model.spec.face_tokens_per_frame = tokens_per_frame
+    return True
+
+
 # ------------------------------------------------------------------------------------------ data order
 
 
@@ -476,6 +499,11 @@ class TrainSettings:
     precision: str = "auto"
     """``auto`` (bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``."""
     gradient_checkpointing: bool = False
+    add_face_branch: bool = True
+    """Give a base model without a face branch (plain VideoLLaMA2) one: the vision tower on the crops and
+    a new face projector trained at full rank (FaceTrack-MM). ``false`` trains on the frames alone."""
+    face_tokens_per_frame: int = 4
+    """Face tokens per frame of an added face branch."""
     checkpoint_every: int = 100
     """Save a checkpoint every this many steps (and always after the last step)."""
     keep_checkpoints: int = 2
@@ -684,6 +712,8 @@ class FinetuneSession:
         dtype = torch.bfloat16 if self.bf16 else torch.float32
         loaded = load_model(self.model_source, dtype=dtype, merge_lora=True)
         model, self.tokenizer = loaded.model, loaded.tokenizer
+        if self.train.add_face_branch:
+            add_face_branch(model, self.train.face_tokens_per_frame, seed=self.train.seed)
         self.report = apply_lora(model, self.lora, seed=self.train.seed)
         if self.train.gradient_checkpointing:
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -821,6 +851,11 @@ class FinetuneSession:
         (``non_lora_trainables.bin``) and ``train_state.json`` (``state`` plus the data position).
         """
         assert self.engine is not None and self.model is not None
+        state = {
+            **state,
+            "face_encoder": self.model.spec.face_encoder,
+            "face_tokens_per_frame": self.model.face_tokens_per_frame,
+        }
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         self.engine.save_checkpoint(
@@ -832,9 +867,7 @@ class FinetuneSession:
         trainables = [p for p in self.model.parameters() if p.requires_grad]
         with gathered(trainables, self.zero3):
             if self.rank == 0:
-                self.model.llm.save_pretrained(str(out / "adapter"))
-                torch.save(non_lora_state(self.model), out / NON_LORA_FILE)
-                write_json(out / "train_state.json", state)
+                save_trainables(self.model, out, state)
 
     def load(self, folder: str | os.PathLike) -> dict[str, Any]:
         """Restore weights, optimizer, scheduler from a checkpoint folder; return its ``train_state``."""
@@ -848,6 +881,14 @@ class FinetuneSession:
 
 
 # --------------------------------------------------------------------------------------------- saving
+
+
+def save_trainables(model: FaceTrackMM, folder: Path, state: dict[str, Any]) -> None:
+    """The exportable part of a checkpoint: the peft adapter (``adapter/``), the full-rank weights
+    (``non_lora_trainables.bin``) and ``train_state.json``. Weights must be whole (gathered under ZeRO-3)."""
+    model.llm.save_pretrained(str(folder / "adapter"))
+    torch.save(non_lora_state(model), folder / NON_LORA_FILE)
+    write_json(folder / TRAIN_STATE_FILE, state)
 
 
 def non_lora_state(model: FaceTrackMM) -> dict[str, torch.Tensor]:
@@ -1063,7 +1104,6 @@ def export_checkpoint(
         ExportError: no checkpoint, or it lacks a part.
         facetrack.model.loading.CheckpointError: the base model cannot be loaded.
     """
-    import shutil
     import tempfile
 
     from facetrack.model import loading
@@ -1083,12 +1123,19 @@ def export_checkpoint(
         non_lora = loading.load_torch_file(local / NON_LORA_FILE)
         info = {"checkpoint": checkpoint, "step": state.get("step"), "base": base_source, "out": str(out)}
         out.mkdir(parents=True, exist_ok=True)
+        face = state.get("face_encoder", "none")
+        if face not in ("none", "vision_tower") and kind == "videollama2":
+            base_face = json.loads((base_folder / "config.json").read_text()).get("face_encoder", "none")
+            if base_face != face:
+                raise ExportError(f"the run trained a {face} face branch that the base {base_source} lacks")
         if not merge and kind == "videollama2":
-            _write_videollama2_lora(base_folder, base_source, local, out)
+            _write_videollama2_lora(base_folder, base_source, local, out, state)
             info["format"] = "videollama2-lora"
         else:
             loaded = loading.load_model(base_source, merge_lora=True)
             model = loaded.model
+            if face == "vision_tower":
+                add_face_branch(model, int(state.get("face_tokens_per_frame", 4)))
             _load_non_lora(model, non_lora)
             from peft import PeftModel
 
@@ -1119,13 +1166,16 @@ def _load_non_lora(model: FaceTrackMM, state: dict[str, torch.Tensor]) -> None:
         )
 
 
-def _write_videollama2_lora(base_folder: Path, base_source: str, ckpt: Path, out: Path) -> None:
-    import shutil
-
+def _write_videollama2_lora(
+    base_folder: Path, base_source: str, ckpt: Path, out: Path, state: dict[str, Any]
+) -> None:
     from facetrack.model import loading
 
     config = json.loads((base_folder / "config.json").read_text(encoding="utf-8"))
     config["_name_or_path"] = base_source
+    if state.get("face_encoder", "none") != "none":  # a face branch the run may have added to the base
+        config["face_encoder"] = state["face_encoder"]
+        config["face_tokens_per_frame"] = int(state.get("face_tokens_per_frame", 4))
     tower = str(config.get("mm_vision_tower") or "")
     if tower and (base_folder / tower).is_dir() and not Path(tower).is_absolute():
         shutil.copytree(base_folder / tower, out / tower)

@@ -202,6 +202,49 @@ def test_finetune_command_passes_its_options_to_the_job() -> None:
     assert config.model == "tiny-model"  # no such folder here: taken for a hub id, left as it is
 
 
+def test_a_face_branch_added_to_a_plain_base_survives_both_exports(tmp_path: Path) -> None:
+    """A VideoLLaMA2 base without a face branch gets FaceTrack-MM's (vision tower on the crops plus a new
+    projector); both export formats carry it, and the captioner's loader rebuilds the same model."""
+    from facetrack.model.loading import load_model, load_tokenizer, save_videollama2
+    from facetrack.model.tiny import build_tiny, tiny_spec, write_mistral_tokenizer
+    from facetrack.model.training import add_face_branch, export_checkpoint, save_trainables
+
+    tokenizer = load_tokenizer(write_mistral_tokenizer(tmp_path / "tok"))
+    base = save_videollama2(
+        build_tiny(tiny_spec(face_encoder="none"), seed=0), tmp_path / "base", tokenizer=tokenizer
+    )
+    model = load_model(str(base)).model
+    assert not model.has_face_branch
+    assert add_face_branch(model, tokens_per_frame=2, seed=1) and not add_face_branch(model, 2)
+    apply_lora(model, LoraSettings(r=4, alpha=8), seed=0)
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n} == {
+        "mm_projector",
+        "face_projector",
+    }
+    with torch.no_grad():  # stand-in for training: move every trainable weight
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    run = tmp_path / "run" / "checkpoint_000001"
+    run.mkdir(parents=True)
+    state = {"step": 1, "model": str(base), "face_encoder": "vision_tower", "face_tokens_per_frame": 2}
+    save_trainables(model, run, state)
+    info = export_checkpoint(str(tmp_path / "run"), tmp_path / "adapter")
+    merged = export_checkpoint(str(run), tmp_path / "merged", merge=True)
+    assert info["format"] == "videollama2-lora" and merged["format"] == "facetrack-merged"
+    frames = torch.randn(1, 8, 3, 112, 112)
+    faces = [torch.randn(8, 3, 112, 112)]
+    ids = [[1, 733, -201, 28705, 13, 22557, 733]]
+    model.eval()
+    with torch.no_grad():
+        expected = model(ids, frames, faces).logits
+    for folder in (tmp_path / "adapter", tmp_path / "merged"):
+        loaded = load_model(str(folder)).model
+        assert loaded.has_face_branch and loaded.face_tokens_per_frame == 2
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(ids, frames, faces).logits, expected, rtol=1e-4, atol=1e-4)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -237,7 +280,7 @@ def test_zero3_session_saves_a_gathered_adapter_and_resumes_exactly(tiny_model: 
     mp.start_processes(session_worker, args=(2, args), nprocs=2, start_method="spawn")
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["resumed"] == pytest.approx(out["straight"], rel=1e-6, abs=1e-6)
-    assert out["state"] == {"step": 2}
+    assert out["state"] == {"step": 2, "face_encoder": "vision_tower", "face_tokens_per_frame": 4}
     assert out["lora_b_nonzero"]  # the adapter was gathered from the shards, not saved empty
     shapes = out["shapes"]
     assert shapes["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] == [4, 64]
