@@ -81,3 +81,18 @@ def test_override_does_not_mutate_input():
     out = apply_overrides(data, ["inner.size=2", "new.key=3"])
     assert data == {"inner": {"size": 1}}
     assert out == {"inner": {"size": 2}, "new": {"key": 3}}
+
+
+@dataclass
+class Numbers:
+    lr: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+def test_scientific_floats_and_fixed_tuples():
+    cfg = load_config(Numbers, None, ["lr=1e-4", "betas=[0.8, 0.95]"])
+    assert cfg.lr == 1e-4 and cfg.betas == (0.8, 0.95)
+    with pytest.raises(ConfigError, match="betas"):
+        load_config(Numbers, None, ["betas=[0.8]"])
+    with pytest.raises(ConfigError, match="lr"):
+        load_config(Numbers, None, ["lr=fast"])
