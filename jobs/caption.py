@@ -1,4 +1,4 @@
-"""The caption job: Ray Data fans decoding + face tracking over CPU tasks and captioning over model actors.
+"""The caption job: Ray Data fans decoding + face tracking over CPU workers and captioning over model actors.
 
     python -m jobs.caption INPUT --out OUTPUT [--model PATH_OR_HUB_ID] [--config FILE] [key=value ...]
 
@@ -10,7 +10,6 @@ and ``summary.json``. Running the same command again skips every id already writ
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import json
 import logging
@@ -53,6 +52,9 @@ class CaptionJobConfig:
     frame_size: int = 336
     """Model frames are resized so their longer side is this many pixels before they travel to actors."""
     cpus_per_task: float = 1.0
+    """CPUs of each decode + tracking worker."""
+    track_workers: int | None = None
+    """Most decode + tracking workers at once (the pool grows to it); ``None``: the cluster's CPUs."""
     actors: int = 1
     gpus_per_actor: float | None = None
     """GPUs per captioning actor; ``None`` means 1 when the cluster has GPUs, else 0 (CPU actors)."""
@@ -104,24 +106,25 @@ def sheet_uri(out: str, video_id: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Stage 1 (CPU tasks): decode + face tracking. One tracker per worker process, loaded on first use.
-
-_TRACKERS: dict[str, Any] = {}
+# Stage 1 (CPU workers): decode + face tracking, one video per call, detector models loaded once per worker.
 
 
-def _tracker(cfg: FaceTrackConfig) -> Any:
-    key = json.dumps(to_dict(cfg), sort_keys=True)
-    if key not in _TRACKERS:
+class TrackWorker:
+    """Ray Data callable class: one input row -> one row with the model frames and face crops."""
+
+    def __init__(self, track: dict[str, Any], out: str, sheets: bool, frame_size: int) -> None:
         from facetrack.faces.stage import FaceTrackStage
 
-        stage = FaceTrackStage(cfg)
-        stage.setup()
-        _TRACKERS[key] = stage
-    return _TRACKERS[key]
+        self.stage = FaceTrackStage(load_config(FaceTrackConfig, base=track))
+        self.stage.setup()
+        self.out, self.sheets, self.frame_size = out, sheets, frame_size
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        return track_row(self.stage, row, self.out, self.sheets, self.frame_size)
 
 
-def track_row(row: dict[str, Any], track: FaceTrackConfig, out: str, sheets: bool, frame_size: int) -> dict:
-    """Ray Data ``map`` function: one input row -> one row with the model frames and face crops."""
+def track_row(stage: Any, row: dict[str, Any], out: str, sheets: bool, frame_size: int) -> dict[str, Any]:
+    """Track one video with ``stage``; errors become the row's ``error``, never an exception."""
     video = VideoRef(id=str(row["id"]), uri=str(row["video"]))
     out_row: dict[str, Any] = {
         "id": video.id,
@@ -134,7 +137,7 @@ def track_row(row: dict[str, Any], track: FaceTrackConfig, out: str, sheets: boo
     }
     t0 = time.perf_counter()
     try:
-        result = _tracker(track).process(video)
+        result = stage.process(video)
     except Exception as exc:  # a bug or an environment problem: record it on the row, keep the job going
         out_row["error"] = f"track: {type(exc).__name__}: {exc}"
         return out_row
@@ -160,10 +163,6 @@ def track_row(row: dict[str, Any], track: FaceTrackConfig, out: str, sheets: boo
             out_row["error"] = f"track: {type(exc).__name__}: {exc}"
     out_row["timings"] = json.dumps(timings)
     return out_row
-
-
-def _task_args(num_cpus: float) -> dict[str, Any]:
-    return {"num_cpus": num_cpus}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -316,6 +315,9 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
         f", {len(inputs.duplicate_ids)} duplicate ids dropped" if inputs.duplicate_ids else "",
     )
 
+    track_workers = cfg.track_workers or max(
+        1, int(ray.cluster_resources().get("CPU", 1) // cfg.cpus_per_task)
+    )
     gpus = cfg.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -335,17 +337,16 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
             ds = ray.data.from_items(
                 [{"id": v.id, "video": v.uri} for v in todo], override_num_blocks=min(len(todo), 1000)
             )
-            # A remote-args function keeps tracking in its own pool of CPU tasks: Ray Data would otherwise
-            # fuse it into the captioning actors whenever both ask for the same resources (CPU-only runs).
             ds = ds.map(
-                track_row,
-                ray_remote_args_fn=functools.partial(_task_args, cfg.cpus_per_task),
-                fn_kwargs={
-                    "track": cfg.track,
+                TrackWorker,
+                fn_constructor_kwargs={
+                    "track": to_dict(cfg.track),
                     "out": cfg.out,
                     "sheets": cfg.sheets,
                     "frame_size": cfg.frame_size,
                 },
+                concurrency=(1, track_workers),
+                num_cpus=cfg.cpus_per_task,
             )
             ds = ds.map_batches(
                 CaptionActor,

@@ -1,7 +1,7 @@
 """Caption videos with FaceTrack-MM: a folder, an s3:// prefix, a JSON/JSONL manifest or one video.
 
 Runs the caption job (jobs/caption.py) on an embedded local Ray, or on a cluster with --address or
-RAY_ADDRESS: decoding and face tracking as CPU tasks, the model's encoders and batched generation on an
+RAY_ADDRESS: decoding and face tracking on CPU workers, the model's encoders and batched generation on an
 actor pool (GPU when the cluster has one). OUT gets rows/part-*.jsonl with one row per video
 ({id, video, caption, model, prompt, main_track, timings, error}), sheets/<id>.png contact sheets and
 summary.json. Running the same command again skips every video already in OUT.
