@@ -493,7 +493,12 @@ def run_cli(args: argparse.Namespace) -> int:
         ray.init(address=address)
     elif not ray.is_initialized():
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except (storage.StorageError, FileNotFoundError, PermissionError, ValueError) as exc:
+        # Nothing readable to caption, or an output that cannot be written: say so, no traceback.
+        print(f"facetrack caption: {exc}", file=sys.stderr)
+        return 2
     print_summary(summary)
     return 0
 

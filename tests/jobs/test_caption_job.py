@@ -140,3 +140,13 @@ def test_killed_driver_then_rerun_gives_every_id_once(archive, tiny_checkpoint, 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["skipped_already_done"] == len(partial)
     assert "captioned" in done.stdout and "summary:" in done.stdout
+
+
+def test_missing_input_is_a_clear_error(ray_local, tiny_checkpoint, tmp_path, capsys):
+    from jobs.caption import main
+
+    assert (
+        main([str(tmp_path / "nope"), "--out", str(tmp_path / "out"), "--model", str(tiny_checkpoint)]) == 2
+    )
+    assert "no such" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
