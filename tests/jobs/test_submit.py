@@ -44,6 +44,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
         "ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--include-dashboard", "true",
         "--temp-dir", str(temp), "--disable-usage-stats",
+        # Its own agent port: the session's embedded Ray (ray_local) may hold the default one.
+        "--dashboard-agent-listen-port", str(free_port()),
     ]  # fmt: skip
     log = open(temp / "head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
