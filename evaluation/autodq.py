@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from evaluation.judges.base import Judge, JudgeError
-from evaluation.tem import EmptyPolicy, f1
-
-Status = Literal["ok", "empty_pred", "empty_ref", "error", "missing"]
+from evaluation.tem import EmptyPolicy, Status, f1, item_means, unscored_report
 
 
 @dataclass
@@ -94,35 +92,16 @@ def aggregate(items: Iterable[AutoDQItem], config: AutoDQConfig | None = None) -
     """Corpus AutoDQ: ``autodq`` (F1 of mean precision and mean recall), the means, counts and ids."""
     config = config or AutoDQConfig()
     items = list(items)
-    ps: list[float] = []
-    rs: list[float] = []
-    unscored: dict[str, list[str]] = {"empty_pred": [], "empty_ref": [], "error": [], "missing": []}
-    for item in items:
-        if item.status == "ok":
-            ps.append(float(item.precision or 0.0))
-            rs.append(float(item.recall or 0.0))
-            continue
-        unscored[item.status].append(item.id)
-        # "missing" items (no prediction) are only made when missing predictions are to score zero.
-        if config.empty == "zero" or item.status == "missing":
-            ps.append(0.0)
-            rs.append(0.0)
-    mean_p = sum(ps) / len(ps) if ps else None
-    mean_r = sum(rs) / len(rs) if rs else None
+    means = item_means(items, config.empty, ("precision", "recall"))
+    mean_p, mean_r = means["precision"], means["recall"]
     ok = [it for it in items if it.status == "ok"]
     return {
-        "autodq": f1(mean_p, mean_r) if ps else None,
+        "autodq": f1(mean_p, mean_r) if mean_p is not None and mean_r is not None else None,
         "precision": mean_p,
         "recall": mean_r,
         "n_items": len(items),
-        "n_scored": len(ps),
-        "n_empty_pred": len(unscored["empty_pred"]),
-        "n_empty_ref": len(unscored["empty_ref"]),
-        "n_failed": len(unscored["error"]),
-        "n_missing_scored_zero": len(unscored["missing"]),
-        "empty_pred_ids": unscored["empty_pred"],
-        "empty_ref_ids": unscored["empty_ref"],
-        "failed_ids": unscored["error"],
+        "n_scored": means["n_scored"],
+        **unscored_report(items),
         "empty_policy": config.empty,
         "n_contradictions": sum((it.pred_labels + it.ref_labels).count("contradiction") for it in ok),
     }

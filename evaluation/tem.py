@@ -72,6 +72,42 @@ def f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
 
+def item_means(items: Sequence[Any], empty: EmptyPolicy, fields: Sequence[str]) -> dict[str, Any]:
+    """Means of ``fields`` over the scored items, plus ``n_scored``.
+
+    Items with status ``ok`` count with their values. The others (empty event list, failed judge call)
+    count as 0 when ``empty="zero"`` and are left out otherwise; ``missing`` items (no prediction) exist
+    only when missing predictions are to score zero, so they always count as 0.
+    """
+    values: dict[str, list[float]] = {name: [] for name in fields}
+    for item in items:
+        scored = item.status == "ok"
+        if not scored and not (empty == "zero" or item.status == "missing"):
+            continue
+        for name in fields:
+            values[name].append(float(getattr(item, name) or 0.0) if scored else 0.0)
+    out: dict[str, Any] = {name: sum(v) / len(v) if v else None for name, v in values.items()}
+    out["n_scored"] = len(values[fields[0]])
+    return out
+
+
+def unscored_report(items: Sequence[Any]) -> dict[str, Any]:
+    """Counts and ids of the items that were not scored normally, by reason."""
+    ids: dict[str, list[str]] = {"empty_pred": [], "empty_ref": [], "error": [], "missing": []}
+    for item in items:
+        if item.status != "ok":
+            ids[item.status].append(item.id)
+    return {
+        "n_empty_pred": len(ids["empty_pred"]),
+        "n_empty_ref": len(ids["empty_ref"]),
+        "n_failed": len(ids["error"]),
+        "n_missing_scored_zero": len(ids["missing"]),
+        "empty_pred_ids": ids["empty_pred"],
+        "empty_ref_ids": ids["empty_ref"],
+        "failed_ids": ids["error"],
+    }
+
+
 def score_item(
     item_id: str,
     pred_events: Sequence[str],
@@ -129,39 +165,17 @@ def aggregate(items: Iterable[TemItem], config: TemConfig | None = None) -> dict
     """
     config = config or TemConfig()
     items = list(items)
-    ps: list[float] = []
-    rs: list[float] = []
-    fs: list[float] = []
-    unscored: dict[str, list[str]] = {"empty_pred": [], "empty_ref": [], "error": [], "missing": []}
-    for item in items:
-        if item.status == "ok":
-            ps.append(float(item.precision or 0.0))
-            rs.append(float(item.recall or 0.0))
-            fs.append(float(item.f1 or 0.0))
-            continue
-        unscored[item.status].append(item.id)
-        # "missing" items (no prediction) are only made when missing predictions are to score zero.
-        if config.empty == "zero" or item.status == "missing":
-            ps.append(0.0)
-            rs.append(0.0)
-            fs.append(0.0)
-    mean_p = sum(ps) / len(ps) if ps else None
-    mean_r = sum(rs) / len(rs) if rs else None
+    means = item_means(items, config.empty, ("precision", "recall", "f1"))
+    mean_p, mean_r = means["precision"], means["recall"]
     return {
-        "tem": f1(mean_p, mean_r) if ps else None,
+        "tem": f1(mean_p, mean_r) if mean_p is not None and mean_r is not None else None,
         "precision": mean_p,
         "recall": mean_r,
-        "mean_item_f1": sum(fs) / len(fs) if fs else None,
+        "mean_item_f1": means["f1"],
         "n_items": len(items),
-        "n_scored": len(ps),
+        "n_scored": means["n_scored"],
         "n_ok": sum(1 for it in items if it.status == "ok"),
-        "n_empty_pred": len(unscored["empty_pred"]),
-        "n_empty_ref": len(unscored["empty_ref"]),
-        "n_failed": len(unscored["error"]),
-        "n_missing_scored_zero": len(unscored["missing"]),
-        "empty_pred_ids": unscored["empty_pred"],
-        "empty_ref_ids": unscored["empty_ref"],
-        "failed_ids": unscored["error"],
+        **unscored_report(items),
         "empty_policy": config.empty,
         "opposite_policy": config.opposite,
         "opposite_penalty": config.opposite_penalty if config.opposite == "penalize" else None,
