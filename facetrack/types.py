@@ -150,8 +150,3 @@ class CaptionRow:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CaptionRow:
-        known = {f: data.get(f) for f in cls.__dataclass_fields__ if f in data}
-        return cls(**known)
