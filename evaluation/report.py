@@ -40,6 +40,19 @@ def _ids(ids: Sequence[str]) -> str:
     return shown + (f" and {more} more (all in report.json)" if more > 0 else "")
 
 
+def _unscored_lines(section: dict[str, Any]) -> list[str]:
+    """Markdown lines listing the items a metric could not score, by reason (see ``unscored_report``)."""
+    lines = []
+    for key, label in (
+        ("empty_pred_ids", "Empty predicted event list"),
+        ("empty_ref_ids", "Empty reference event list"),
+        ("failed_ids", "Judge failed"),
+    ):
+        if section.get(key):
+            lines.append(f"- {label} ({len(section[key])}): {_ids(section[key])}")
+    return lines
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The human-readable report: the table in the paper's columns, then details and counts."""
     judge = report.get("judge", {})
@@ -107,13 +120,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 else f"a penalty of {t['opposite_penalty']} per contradicting event"
             ),
         ]
-        for key, label in (
-            ("empty_pred_ids", "Empty predicted event list"),
-            ("empty_ref_ids", "Empty reference event list"),
-            ("failed_ids", "Judge failed"),
-        ):
-            if t.get(key):
-                lines.append(f"- {label} ({len(t[key])}): {_ids(t[key])}")
+        lines += _unscored_lines(t)
     d = metrics.get("autodq")
     if d:
         lines += [
@@ -124,13 +131,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"**{_fmt(d['autodq'])}**; items scored: {d['n_scored']} of {d['n_items']}; "
             f"contradiction labels: {d['n_contradictions']}",
         ]
-        for key, label in (
-            ("empty_pred_ids", "Empty predicted event list"),
-            ("empty_ref_ids", "Empty reference event list"),
-            ("failed_ids", "Judge failed"),
-        ):
-            if d.get(key):
-                lines.append(f"- {label} ({len(d[key])}): {_ids(d[key])}")
+        lines += _unscored_lines(d)
     v = metrics.get("vcgpt")
     if v:
         failed = {c: v.get(f"failed_ids_{c}", []) for c in ("correctness", "detail", "context", "temporal")}
