@@ -13,8 +13,8 @@ module's attribute names.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,6 +174,9 @@ class FaceTrackMM(nn.Module):
             self.face_projector = face_projector(self.vision_tower.hidden_size, hidden)
             self.face_processor = self.image_processor
         self.face_tokens_per_frame = spec.face_tokens_per_frame
+        self.encoder_chunk = 0
+        """Images per vision-tower (and face-encoder) pass; ``0``: all images of a batch in one pass. On CPU,
+        passes of about 16 images keep activations in cache and run faster than one large pass."""
 
     # -- shapes -------------------------------------------------------------------------------------
 
@@ -208,15 +211,15 @@ class FaceTrackMM(nn.Module):
 
     # -- preprocessing ------------------------------------------------------------------------------
 
-    def preprocess_frames(self, frames: np.ndarray, pool: Executor | None = None) -> torch.Tensor:
+    def preprocess_frames(self, frames: np.ndarray) -> torch.Tensor:
         """``(T, H, W, 3)`` uint8 -> ``(T, 3, S, S)`` float32 for the vision tower."""
-        return self.image_processor(frames, pool)
+        return self.image_processor(frames)
 
-    def preprocess_faces(self, crops: np.ndarray, pool: Executor | None = None) -> torch.Tensor:
+    def preprocess_faces(self, crops: np.ndarray) -> torch.Tensor:
         """``(T, h, w, 3)`` uint8 crops -> ``(T, 3, s, s)`` float32 for the face encoder."""
         if self.face_processor is None:
             raise RuntimeError("this model has no face branch")
-        return self.face_processor(crops, pool)
+        return self.face_processor(crops)
 
     # -- encoders -----------------------------------------------------------------------------------
 
@@ -225,7 +228,7 @@ class FaceTrackMM(nn.Module):
         b, t = pixel_values.shape[:2]
         param = next(self.vision_tower.parameters())
         frames = pixel_values.reshape(b * t, *pixel_values.shape[2:]).to(param.device, param.dtype)
-        feats = self.vision_tower(frames)
+        feats = self._in_chunks(self.vision_tower, frames)
         feats = feats.reshape(b, t, *feats.shape[1:])
         if self.vision_tower.is_clip and self.vision_tower.select_feature == "cls_patch":
             feats = feats[:, :, 1:]
@@ -240,12 +243,19 @@ class FaceTrackMM(nn.Module):
         param = next(encoder.parameters())
         crops = pixel_values.reshape(m * t, *pixel_values.shape[2:]).to(param.device, param.dtype)
         if self.face_encoder is not None:
-            fmap = self.face_encoder(crops)
+            fmap = self._in_chunks(self.face_encoder, crops)
         else:
-            fmap = self.vision_tower.patch_grid(crops)
+            fmap = self._in_chunks(self.vision_tower.patch_grid, crops)
         tokens = pool_tokens(fmap, self.face_tokens_per_frame)  # (M*T, k, C)
         tokens = tokens.reshape(m, t * self.face_tokens_per_frame, tokens.shape[-1])
         return self.face_projector(tokens.to(next(self.face_projector.parameters()).dtype))
+
+    def _in_chunks(self, fn: Any, images: torch.Tensor) -> torch.Tensor:
+        """``fn(images)``, in passes of :attr:`encoder_chunk` images when it is set."""
+        n = self.encoder_chunk
+        if n <= 0 or images.shape[0] <= n:
+            return fn(images)
+        return torch.cat([fn(images[i : i + n]) for i in range(0, images.shape[0], n)])
 
     # -- splicing -----------------------------------------------------------------------------------
 
@@ -255,6 +265,7 @@ class FaceTrackMM(nn.Module):
         visual: Sequence[torch.Tensor],
         labels: Sequence[Sequence[int]] | None = None,
         padding_side: str = "left",
+        pad_at: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Token embeddings with each sequence's ``<video>`` placeholder replaced by its visual tokens.
 
@@ -264,6 +275,9 @@ class FaceTrackMM(nn.Module):
             labels: optional per-sequence labels aligned with ``sequences``; visual positions get
                 ``IGNORE_INDEX``.
             padding_side: ``left`` for generation, ``right`` for training.
+            pad_at: with left padding, where the padding goes: ``0`` (before everything) or after the first
+                ``pad_at`` positions, which every sequence must share (a prompt prefix whose attention
+                cache is computed once for the batch; see :meth:`generate`).
 
         Returns:
             ``(inputs_embeds (B, L, hidden), attention_mask (B, L), labels (B, L) or None)``.
@@ -293,13 +307,20 @@ class FaceTrackMM(nn.Module):
         embeds = torch.zeros(len(rows), length, rows[0].shape[-1], device=device, dtype=dtype)
         mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
         out_labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=device)
+        if pad_at and padding_side != "left":
+            raise ValueError("pad_at needs left padding")
         for i, row in enumerate(rows):
             n = row.shape[0]
-            span = slice(length - n, length) if padding_side == "left" else slice(0, n)
-            embeds[i, span] = row
-            mask[i, span] = 1
+            if padding_side == "left":
+                # Padding goes after the first pad_at positions (0: before everything).
+                where = torch.cat([torch.arange(pad_at), torch.arange(length - n + pad_at, length)])
+            else:
+                where = torch.arange(n)
+            where = where.to(device)
+            embeds[i, where] = row
+            mask[i, where] = 1
             if labels is not None:
-                out_labels[i, span] = torch.tensor(row_labels[i], dtype=torch.long, device=device)
+                out_labels[i, where] = torch.tensor(row_labels[i], dtype=torch.long, device=device)
         return embeds, mask, (out_labels if labels is not None else None)
 
     def visual_tokens(
@@ -346,12 +367,57 @@ class FaceTrackMM(nn.Module):
         sequences: Sequence[Sequence[int]],
         pixel_values: torch.Tensor,
         face_pixels: Sequence[torch.Tensor | None] | None = None,
+        share_prefix: bool = True,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
-        """Batched generation (left padding); returns ``(B, new_tokens)`` ids, padded after EOS."""
+        """Batched generation (left padding); returns ``(B, new_tokens)`` ids, padded after EOS.
+
+        With ``share_prefix`` and more than one sequence, the text the sequences share before ``<video>``
+        (the chat opening and system prompt, for captioning) goes through the language model once for the
+        whole batch: its attention cache is copied to every row, and each row's padding sits after it.
+        The output is the same as without sharing (the prefix's positions and attention are unchanged).
+        """
         visual = self.visual_tokens(pixel_values, face_pixels)
-        embeds, mask, _ = self.embed(sequences, visual, padding_side="left")
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)
+        prefix = shared_prefix_length(sequences) if share_prefix and len(sequences) > 1 else 0
+        if prefix < 2:
+            embeds, mask, _ = self.embed(sequences, visual, padding_side="left")
+            return self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)
+        embeds, mask, _ = self.embed(sequences, visual, padding_side="left", pad_at=prefix)
+        cache_arg, cache = self._prefix_cache(list(sequences[0][:prefix]), len(sequences))
+        return self.llm.generate(
+            inputs_embeds=embeds, attention_mask=mask, **{cache_arg: cache}, **generate_kwargs
+        )
+
+    def _prefix_cache(self, ids: list[int], batch: int) -> tuple[str, Any]:
+        """The language model's attention cache for ``ids`` (one pass), repeated for ``batch`` rows, and the
+        name under which ``generate`` takes it (``cache`` in newer transformers, ``past_key_values`` before).
+        """
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        params = inspect.signature(base.forward).parameters
+        cache_arg = "cache" if "cache" in params else "past_key_values"
+        kwargs: dict[str, Any] = {"use_cache": True}
+        for name in ("logits_to_keep", "num_logits_to_keep"):  # skip the output layer on the prefix
+            if name in params:
+                kwargs[name] = 1
+                break
+        ids_t = torch.tensor([ids], dtype=torch.long, device=self.device)
+        out = self.llm(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), **kwargs)
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = out.past_key_values
+        cache.batch_repeat_interleave(batch)
+        return cache_arg, cache
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence shares before its ``<video>`` placeholder."""
+    first = list(sequences[0])
+    n = first.index(VIDEO_TOKEN_INDEX) if VIDEO_TOKEN_INDEX in first else len(first)
+    for seq in sequences[1:]:
+        seq = list(seq)
+        n = min(n, len(seq))
+        n = next((j for j in range(n) if seq[j] != first[j]), n)
+    return n
 
 
 def checkpoint_state(model: FaceTrackMM) -> dict[str, torch.Tensor]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
 from torch import nn
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -60,32 +59,37 @@ class ImagePreprocessor:
         """The padding colour: the normalisation mean in 0-255."""
         return tuple(int(x * 255) for x in self.mean)
 
-    def resize(self, frame: np.ndarray) -> np.ndarray:
-        """One ``(H, W, 3)`` uint8 frame padded (if set) and resized to ``(size, size, 3)`` uint8."""
-        img = Image.fromarray(frame)
-        if self.pad_to_square and img.width != img.height:
-            side = max(img.width, img.height)
-            square = Image.new("RGB", (side, side), self.fill)
-            square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-            img = square
-        if img.size != (self.size, self.size):
-            img = img.resize((self.size, self.size), Image.BICUBIC)
-        return np.asarray(img)
+    def resize(self, images: np.ndarray) -> torch.Tensor:
+        """``(N, H, W, 3)`` uint8 frames -> ``(N, 3, size, size)`` uint8, padded (if set) and resized.
 
-    def __call__(self, images: np.ndarray, pool: Executor | None = None) -> torch.Tensor:
-        """Preprocess ``images``; with ``pool`` the frames are resized in its threads (PIL frees the GIL)."""
+        One torch call for all frames (bicubic with antialiasing on uint8, Pillow's kernel): within 2 grey
+        levels of Pillow's ``Image.resize(..., BICUBIC)``, which CLIP's image processor uses, and several
+        times faster.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        n, _, h, w = x.shape
+        if self.pad_to_square and h != w:
+            side = max(h, w)
+            canvas = torch.tensor(self.fill, dtype=torch.uint8).view(1, 3, 1, 1).repeat(n, 1, side, side)
+            top, left = (side - h) // 2, (side - w) // 2
+            canvas[:, :, top : top + h, left : left + w] = x
+            x = canvas
+        if x.shape[-2:] != (self.size, self.size):
+            size = (self.size, self.size)
+            x = F.interpolate(x.contiguous(), size=size, mode="bicubic", antialias=True, align_corners=False)
+        return x
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        """Preprocess ``images``: ``(N, H, W, 3)`` uint8 RGB -> ``(N, 3, size, size)`` float32, normalised."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] == 0 or images.shape[2] == 0:
             raise ValueError(f"images must be (N, H, W, 3) RGB, got shape {images.shape}")
         if images.dtype != np.uint8:
             raise ValueError(f"images must be uint8, got {images.dtype}")
-        resized = (
-            list(pool.map(self.resize, images)) if pool is not None else [self.resize(f) for f in images]
-        )
-        x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (x - mean) / std
+        x = self.resize(images).float()
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(1, 3, 1, 1)
+        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)]).view(1, 3, 1, 1)
+        return x.mul_(scale).add_(shift)
 
 
 VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from facetrack.model.modeling import IGNORE_INDEX, checkpoint_key, module_key
+from facetrack.model.modeling import IGNORE_INDEX, checkpoint_key, module_key, shared_prefix_length
 from facetrack.model.prompt import VIDEO_TOKEN_INDEX, caption_prompt, tokenize_with_video
 
 
@@ -40,6 +40,30 @@ def test_face_tokens_per_frame_is_configurable(loaded) -> None:
             assert model.num_face_tokens(8) == 8 * per_frame
     finally:
         model.face_tokens_per_frame = model.spec.face_tokens_per_frame
+
+
+def test_encoders_in_chunks_give_the_same_tokens(loaded) -> None:
+    model = loaded.model
+    pixels = torch.stack([_pixels(model, 8, 0), _pixels(model, 8, 1)])
+    crops = torch.stack([_crops(model, 8, 2), _crops(model, 8, 3)])
+    calls = []
+    inner = model.vision_tower.vision_tower  # the transformers model: runs for frames and for crops
+    hook = inner.register_forward_pre_hook(
+        lambda mod, args, kwargs: calls.append((args[0] if args else kwargs["pixel_values"]).shape[0]),
+        with_kwargs=True,
+    )
+    try:
+        with torch.no_grad():
+            whole_video, whole_faces = model.encode_video(pixels), model.encode_faces(crops)
+            assert calls == [16, 16]
+            model.encoder_chunk, calls[:] = 5, []
+            video, faces = model.encode_video(pixels), model.encode_faces(crops)
+            assert calls == [5, 5, 5, 1] * 2
+    finally:
+        model.encoder_chunk = 0
+        hook.remove()
+    torch.testing.assert_close(video, whole_video, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(faces, whole_faces, atol=1e-5, rtol=1e-5)
 
 
 def test_face_tokens_follow_video_tokens_at_the_placeholder(loaded) -> None:
@@ -87,6 +111,45 @@ def test_generate_feeds_the_spliced_embeddings(loaded) -> None:
         expected, _, _ = model.embed([ids], model.visual_tokens(pixels, faces))
     torch.testing.assert_close(seen[0], expected)
     assert out.shape == (1, 3)
+
+
+def test_shared_prompt_prefix_runs_once_and_changes_nothing(loaded) -> None:
+    model, tok = loaded.model, loaded.tokenizer
+    ids = tokenize_with_video(caption_prompt(tok, "Describe the face."), tok)  # system prompt included
+    prefix = ids.index(VIDEO_TOKEN_INDEX)
+    assert shared_prefix_length([ids, ids, ids]) == prefix > 50
+    pixels = torch.stack([_pixels(model, 8, s) for s in range(3)])
+    faces = [_crops(model, 8, 5), None, _crops(model, 8, 6)]  # row 1 is shorter: it gets padding
+    seen: list[tuple[str, tuple[int, ...]]] = []
+
+    def record(mod, args, kwargs):
+        x = kwargs.get("inputs_embeds")
+        name, x = ("embeds", x) if x is not None else ("ids", kwargs.get("input_ids"))
+        seen.append((name, tuple(x.shape[:2])))
+
+    hook = model.llm.model.register_forward_pre_hook(record, with_kwargs=True)
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, output_scores=True)
+    kwargs["return_dict_in_generate"] = True
+    try:
+        shared = model.generate([ids] * 3, pixels, faces, **kwargs)
+        shared_calls, seen[:] = list(seen), []
+        plain = model.generate([ids] * 3, pixels, faces, share_prefix=False, **kwargs)
+        plain_calls = list(seen)
+    finally:
+        hook.remove()
+    assert shared.sequences.tolist() == plain.sequences.tolist()
+    for a, b in zip(shared.scores, plain.scores):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    full = len(ids) - 1 + model.num_video_tokens(8) + model.num_face_tokens(8)
+    # Shared: the prefix once (one row), then each row's remainder; plain: every row in full.
+    assert shared_calls[:2] == [("ids", (1, prefix)), ("embeds", (3, full - prefix))]
+    assert plain_calls[0] == ("embeds", (3, full))
+    # The padding of the shorter row sits after the shared prefix.
+    visual = model.visual_tokens(pixels, faces)
+    _, mask, _ = model.embed([ids] * 3, visual, pad_at=prefix)
+    nf = model.num_face_tokens(8)
+    assert mask[1, :prefix].all() and not mask[1, prefix : prefix + nf].any() and mask[1, prefix + nf :].all()
+    assert mask[0].all() and mask[2].all()
 
 
 def test_labels_ignore_visual_positions_and_padding(loaded) -> None:
