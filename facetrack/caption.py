@@ -5,9 +5,11 @@ Shape of a pipeline stage: ``Captioner(config)`` is cheap, :meth:`Captioner.setu
 :class:`CaptionResult` per clip, in order. A clip that cannot be processed gets ``error`` set and no
 caption; the others in its batch are still captioned.
 
-Batching is real: the frames of every clip in a batch go through the vision tower in one forward pass,
-the crops through the face encoder in one pass, and the prompts through one ``generate`` call (left
-padding, attention masks, greedy by default, stop at EOS). bf16 on GPU, fp32 on CPU by default.
+Batching is real: the frames of every clip in a batch go through the vision tower together (on CPU in
+passes of 16 images, which stay in cache), the crops through the face encoder together, and the prompts
+through one ``generate`` call (left padding, attention masks, greedy by default, stop at EOS). The
+prompt text before the ``<video>`` placeholder (chat opening and system prompt) is the same for every
+clip; it runs through the language model once per batch. bf16 on GPU, fp32 on CPU by default.
 
 This module's top-level imports are light (no torch), so that job code can read the config without
 loading the model stack.

@@ -379,18 +379,17 @@ class FaceTrackMM(nn.Module):
         """
         visual = self.visual_tokens(pixel_values, face_pixels)
         prefix = shared_prefix_length(sequences) if share_prefix and len(sequences) > 1 else 0
-        if prefix < 2:
+        shared = self._prefix_cache(list(sequences[0][:prefix]), len(sequences)) if prefix >= 2 else None
+        if shared is None:
             embeds, mask, _ = self.embed(sequences, visual, padding_side="left")
             return self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)
         embeds, mask, _ = self.embed(sequences, visual, padding_side="left", pad_at=prefix)
-        cache_arg, cache = self._prefix_cache(list(sequences[0][:prefix]), len(sequences))
-        return self.llm.generate(
-            inputs_embeds=embeds, attention_mask=mask, **{cache_arg: cache}, **generate_kwargs
-        )
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **shared, **generate_kwargs)
 
-    def _prefix_cache(self, ids: list[int], batch: int) -> tuple[str, Any]:
-        """The language model's attention cache for ``ids`` (one pass), repeated for ``batch`` rows, and the
-        name under which ``generate`` takes it (``cache`` in newer transformers, ``past_key_values`` before).
+    def _prefix_cache(self, ids: list[int], batch: int) -> dict[str, Any] | None:
+        """The language model's attention cache for ``ids`` (one pass), repeated for ``batch`` rows, keyed by
+        the name ``generate`` takes it under (``cache``, or ``past_key_values`` in transformers before 5);
+        ``None`` when the model returns no cache object that can be repeated (then nothing is shared).
         """
         base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
         params = inspect.signature(base.forward).parameters
@@ -404,9 +403,11 @@ class FaceTrackMM(nn.Module):
         out = self.llm(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), **kwargs)
         cache = getattr(out, "cache", None)
         if cache is None:
-            cache = out.past_key_values
+            cache = getattr(out, "past_key_values", None)
+        if not hasattr(cache, "batch_repeat_interleave"):
+            return None
         cache.batch_repeat_interleave(batch)
-        return cache_arg, cache
+        return {cache_arg: cache}
 
 
 def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
