@@ -309,6 +309,8 @@ class FaceTrackMM(nn.Module):
         out_labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=device)
         if pad_at and padding_side != "left":
             raise ValueError("pad_at needs left padding")
+        if pad_at > min(r.shape[0] for r in rows):
+            raise ValueError(f"pad_at={pad_at} is longer than the shortest sequence")
         for i, row in enumerate(rows):
             n = row.shape[0]
             if padding_side == "left":
