@@ -69,17 +69,14 @@ def parse_records(text: str, source: str = "<text>") -> list[dict[str, Any]]:
         return []
     try:
         data = json.loads(text)
-    except ValueError:
-        data = None
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError as exc:
-                raise DataError(f"{source}: line {n} is not JSON ({exc})") from None
-        data = rows
+    except ValueError:  # JSON lines
+        from facetrack.manifest import json_lines
+
+        data = []
+        for n, value in json_lines(text):
+            if isinstance(value, ValueError):
+                raise DataError(f"{source}: line {n}: {value}") from None
+            data.append(value)
     if isinstance(data, Mapping):
         for key in ("items", "data", "annotations"):
             if isinstance(data.get(key), list):

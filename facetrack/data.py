@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from facetrack import storage
+from facetrack.manifest import json_records, resolve_video
 from facetrack.types import Clip
 
 IGNORE_INDEX = -100
@@ -64,33 +65,6 @@ class RecordSet:
         }
 
 
-def _resolve_video(video: str, base: str) -> str:
-    if storage.is_s3(video) or video.startswith("/") or not base:
-        return video
-    return storage.join(base, video)
-
-
-def _parse_items(text: str, source: str, out: RecordSet) -> list[tuple[str, Any]]:
-    name = posixpath.basename(source.rstrip("/"))
-    if source.lower().endswith(".jsonl"):
-        items: list[tuple[str, Any]] = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append((f"{name}:{lineno}", json.loads(line)))
-            except json.JSONDecodeError:
-                out.drop("bad_json", f"{name}:{lineno}")
-        return items
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    if not isinstance(data, list):
-        raise ValueError(f"{source}: expected a JSON list of {{'id', 'video', 'caption'}} records")
-    return [(f"{name}:{i}", item) for i, item in enumerate(data, start=1)]
-
-
 def read_records(source: str, video_root: str | None = None) -> RecordSet:
     """Read FDA-format records from a ``.json`` list or ``.jsonl`` file (local path or ``s3://``).
 
@@ -106,7 +80,13 @@ def read_records(source: str, video_root: str | None = None) -> RecordSet:
     out = RecordSet()
     base = video_root if video_root is not None else posixpath.dirname(source.rstrip("/"))
     seen: set[str] = set()
-    for where, item in _parse_items(storage.read_text(source), source, out):
+    name = posixpath.basename(source.rstrip("/"))
+    records = json_records(storage.read_text(source), source, "{'id', 'video', 'caption'} records")
+    for number, item in records:
+        where = f"{name}:{number}"
+        if isinstance(item, ValueError):
+            out.drop("bad_json", where)
+            continue
         if not isinstance(item, dict):
             out.drop("not_an_object", where)
             continue
@@ -124,7 +104,7 @@ def read_records(source: str, video_root: str | None = None) -> RecordSet:
             out.drop("duplicate_id", where)
             continue
         seen.add(rid)
-        out.records.append(Record(id=rid, video=_resolve_video(video.strip(), base), caption=caption.strip()))
+        out.records.append(Record(id=rid, video=resolve_video(video.strip(), base), caption=caption.strip()))
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import dataclass, field
+from typing import Any
 
 from facetrack import storage
 from facetrack.types import VideoRef
@@ -98,30 +99,43 @@ def _read_folder(source: str, exts: tuple[str, ...] | None) -> Inputs:
     return inputs
 
 
-def _resolve(video: str, base: str) -> str:
-    if storage.is_s3(video) or video.startswith("/") or video.startswith("file://"):
+def resolve_video(video: str, base: str | None) -> str:
+    """A record's ``video`` as a URI: absolute ones (``s3://``, ``/``, ``file://``) as given, relative ones
+    joined to ``base`` (kept relative when there is no base)."""
+    if storage.is_s3(video) or video.startswith(("/", "file://")) or not base:
         return video
-    return storage.join(base, video) if base else video
+    return storage.join(base, video)
 
 
-def _manifest_records(text: str, source: str) -> list[tuple[int, object]]:
-    """(line or item number, parsed value or an exception) for each record of the manifest."""
+def json_lines(text: str) -> list[tuple[int, Any]]:
+    """``(line number, value)`` for each non-blank line of JSON-lines ``text``; a line that is not JSON
+    gives a ``ValueError`` in place of its value, so that a reader can report it and go on."""
+    out: list[tuple[int, Any]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            out.append((lineno, ValueError(f"not valid JSON: {exc.msg}")))
+    return out
+
+
+def json_records(text: str, source: str, what: str = "records") -> list[tuple[int, Any]]:
+    """The records of a ``.jsonl`` file (see :func:`json_lines`) or of a JSON list (any other name), each
+    with its line or item number (from 1).
+
+    Raises:
+        ValueError: a JSON file that does not parse or does not hold a list (``what`` names its items).
+    """
     if source.lower().endswith(".jsonl"):
-        out: list[tuple[int, object]] = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                out.append((lineno, ValueError(f"not valid JSON: {exc.msg}")))
-        return out
+        return json_lines(text)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(data, list):
-        raise ValueError(f"{source}: a .json manifest must hold a list of {{'id', 'video'}} records")
+        raise ValueError(f"{source}: must hold a list of {what} (a JSON list)")
     return list(enumerate(data, start=1))
 
 
@@ -130,7 +144,7 @@ def _read_manifest(source: str, exts: tuple[str, ...] | None, video_root: str | 
     base = video_root if video_root is not None else posixpath.dirname(source.rstrip("/"))
     seen: set[str] = set()
     name = posixpath.basename(source)
-    for number, record in _manifest_records(storage.read_text(source), source):
+    for number, record in json_records(storage.read_text(source), source, "{'id', 'video'} records"):
         where = f"{name}:{number}"
         if isinstance(record, Exception):
             inputs.errors.append(
@@ -152,5 +166,5 @@ def _read_manifest(source: str, exts: tuple[str, ...] | None, video_root: str | 
         if exts is not None and not video.lower().endswith(exts):
             inputs.skipped_extension += 1
             continue
-        inputs.videos.append(VideoRef(id=vid, uri=_resolve(video, base)))
+        inputs.videos.append(VideoRef(id=vid, uri=resolve_video(video, base)))
     return inputs
