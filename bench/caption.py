@@ -38,7 +38,6 @@ keeps the numbers stable on a shared machine.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -49,6 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import write_report  # noqa: E402
 from facetrack.caption import Captioner, CaptionerConfig  # noqa: E402
 from facetrack.types import Clip  # noqa: E402
 
@@ -221,10 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
         "batch8_over_batch1": round(ratio, 3) if ratio is not None else None,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(report, args.out)
     return 0
 
 

@@ -20,49 +20,17 @@ checkpoint captioning is a small share of the work. Reported per W:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-class WorkerMemory:
-    """Samples the resident memory of every Ray worker process (``ray::`` in its title) in a thread."""
-
-    def __init__(self, interval: float = 0.1) -> None:
-        self.interval = interval
-        self.peaks: dict[int, int] = {}
-        self._stop = threading.Event()
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                try:
-                    cmd = " ".join(proc.info["cmdline"] or [])
-                    if cmd.startswith("ray::"):
-                        rss = proc.memory_info().rss
-                        self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), rss)
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-            time.sleep(self.interval)
-
-    def __enter__(self) -> WorkerMemory:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+from bench.common import PeakMemory, write_report  # noqa: E402
 
 
 def run_once(workers: int, clips: Path, model: Path, out: Path, batch_size: int) -> dict[str, Any]:
@@ -86,7 +54,7 @@ def run_once(workers: int, clips: Path, model: Path, out: Path, batch_size: int)
     )
     ray.init(num_cpus=workers, include_dashboard=False, logging_level="error", log_to_driver=False)
     try:
-        with WorkerMemory() as memory:
+        with PeakMemory(interval=0.1, title_prefix="ray::") as memory:
             start = time.time()
             summary = run(cfg)
             wall = time.time() - start
@@ -108,7 +76,7 @@ def run_once(workers: int, clips: Path, model: Path, out: Path, batch_size: int)
             "captioning": round(busy["caption"] / wall, 3),
         },
         "stage_seconds": summary["stage_seconds"],
-        "peak_worker_rss_mb": round(max(memory.peaks.values(), default=0) / 2**20, 1),
+        "peak_worker_rss_mb": round(memory.peak / 2**20, 1),
         "worker_processes_seen": len(memory.peaks),
     }
 
@@ -167,8 +135,7 @@ def main() -> None:
             f"\nscaling 2 vs 1 worker: end to end {scaling['end_to_end']:.2f}x, "
             f"tracking stage {scaling['tracking_stage']:.2f}x"
         )
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import write_report  # noqa: E402
+
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 125.0}
 
@@ -268,10 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['step_seconds_median']:>8.3f} {r['tokens_per_sample']:>10.0f} {mfu:>6} "
             f"{r['first_loss']:>6.2f}->{r['last_loss']:<6.2f}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(report, args.out)
     return 0
 
 

@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import write_report  # noqa: E402
+
 REFS_ENV = "FACETRACK_BENCH_REFS"
 
 
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.ref or not Path(args.ref).is_file():
         print(f"skipped: no reference captions (pass --ref or set {REFS_ENV})")
-        Path(args.json).write_text(json.dumps({"skipped": True}) + "\n")
+        write_report({"skipped": True}, args.json)
         return 0
     refs = json.loads(Path(args.ref).read_text())[: args.limit]
     preds = [{"id": r["id"], "caption": _reversed(r["caption"])} for r in refs]
@@ -180,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "\ncorpus TEM (embedded judge): self {self:.3f}, reversed sentences {reversed_sentences:.3f}, "
         "shuffled sentences {shuffled_sentences:.3f}, another item {other_item:.3f}".format(**q)
     )
-    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written: {args.json}")
+    write_report(results, args.json)
     return 0
 
 

@@ -17,52 +17,23 @@ A 60 s clip runs twice: with the default cap on tracking frames and without a ca
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import PeakMemory, write_report  # noqa: E402
 from facetrack.config import to_dict  # noqa: E402
 from facetrack.faces.base import FaceConfig  # noqa: E402
 from facetrack.faces.stage import FaceTrackConfig, FaceTrackStage, _EmbeddingReuse  # noqa: E402
 from facetrack.samples import Extra, SampleSpec, compose_video  # noqa: E402
 from facetrack.video import VideoConfig, sample_frames  # noqa: E402
-
-
-class PeakRSS:
-    """Samples the process's resident memory in a thread; ``peak`` is the maximum seen (bytes)."""
-
-    def __init__(self, interval: float = 0.005):
-        import psutil
-
-        self._proc = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self.baseline = self._proc.memory_info().rss
-        self.peak = self.baseline
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            time.sleep(self._interval)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
 def clip_spec(seconds: float, width: int, height: int) -> SampleSpec:
@@ -106,7 +77,7 @@ def bench_clip(stage: FaceTrackStage, path: str, repeat: int) -> dict[str, Any]:
     for _ in range(repeat):
         # Stage and floor alternate so both see the same machine load.
         cpu0 = time.process_time()
-        with PeakRSS() as mem:
+        with PeakMemory(interval=0.005) as mem:
             result = stage.process(path)
         cpu = time.process_time() - cpu0
         if result.error:
@@ -200,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": to_dict(base),
         "rows": rows,
     }
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    write_report(report, args.out)
     print(
         f"\nbackend {report['backend']} (setup {setup_s:.2f} s); times are medians in seconds -> {args.out}"
     )
