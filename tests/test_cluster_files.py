@@ -160,3 +160,22 @@ def test_kuberay_job_has_a_deadline_a_backoff_and_the_runtime_envs_settings() ->
     assert spec["activeDeadlineSeconds"] > 0 and spec["backoffLimit"] >= 1
     carried = yaml.safe_load(spec["runtimeEnvYAML"])
     assert carried["env_vars"] == load("runtime_env.yaml")["env_vars"]
+
+
+def test_dockerfile_installs_the_lock_before_the_source_on_a_matching_cuda_base_as_non_root() -> None:
+    import torch
+
+    root = CLUSTER.parent
+    lines = [line.strip() for line in (root / "infra" / "Dockerfile").read_text().splitlines()]
+    first_source = next(i for i, line in enumerate(lines) if line.startswith("COPY facetrack"))
+    lock_install = next(i for i, line in enumerate(lines) if "-c infra/constraints.txt" in line)
+    assert lock_install < first_source
+    cuda = next(line for line in lines if line.startswith("ARG CUDA_VERSION=")).split("=")[1]
+    assert torch.version.cuda is None or cuda.startswith(torch.version.cuda)
+    assert sum(line.startswith("FROM ") for line in lines) >= 2
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    (tag,) = _images()["ray-cluster.yaml"]
+    assert f"-t {tag} " in lines[0]
+    ignored = (root / ".dockerignore").read_text().splitlines()
+    assert ignored[1] == "*" or "*" in ignored
