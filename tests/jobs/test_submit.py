@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -76,8 +78,10 @@ def test_submit_caption_job_to_a_token_protected_head(ray_head, tmp_path, tiny_c
     address, token, env = ray_head
     out = tmp_path / "out"
     args = [
-        sys.executable, "-m", "facetrack.cli", "submit", "--address", address, "--submission-id",
-        f"caption-{secrets.token_hex(4)}", "caption", str(archive / "clips"), "--out", str(out),
+        # --local-paths: this head runs on this machine, so the test's folders exist on it.
+        sys.executable, "-m", "facetrack.cli", "submit", "--local-paths", "--address", address,
+        "--submission-id", f"caption-{secrets.token_hex(4)}", "caption", str(archive / "clips"),
+        "--out", str(out),
         "--model", str(tiny_checkpoint), "captioner.max_new_tokens=4", "sheets=false",
     ]  # fmt: skip
 
@@ -109,12 +113,67 @@ def test_submit_caption_job_to_a_token_protected_head(ray_head, tmp_path, tiny_c
     assert (out / "summary.json").is_file()
 
 
-def test_dry_run_prints_the_ray_job_submit_line(capsys):
+def _dry_run(capsys, *args: str) -> list[str]:
     from facetrack.cli import main
 
-    assert (
-        main(["submit", "--dry-run", "--address", "http://head:8265", "caption", "in/", "--out", "o/"]) == 0
+    assert main(["submit", "--dry-run", "--address", "http://head:8265", *args]) == 0
+    return shlex.split(capsys.readouterr().out)
+
+
+def test_dry_run_prints_a_shell_quoted_ray_job_submit_line(capsys):
+    words = _dry_run(capsys, "caption", "s3://b/in dir/", "--out", "s3://b/o/", "prompt=two words")
+    assert words[1:6] == ["job", "submit", "--address", "http://head:8265", "--working-dir"]
+    assert words[words.index("--") :] == [
+        "--",
+        "python",
+        "-m",
+        "jobs.caption",
+        "s3://b/in dir/",
+        "--out",
+        "s3://b/o/",
+        "prompt=two words",
+    ]
+
+
+def test_environment_pass_through_survives_a_runtime_env_file(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://s3.internal:9000")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text(
+        "working_dir: .\nexcludes: [.git]\nenv_vars: {OMP_NUM_THREADS: '1', AWS_REGION: us-east-2}\n"
     )
-    line = capsys.readouterr().out.strip()
-    assert " job submit --address http://head:8265 --working-dir " in line
-    assert line.endswith("-- python -m jobs.caption in/ --out o/")
+    words = _dry_run(capsys, "--runtime-env", str(env_file), "caption", "s3://b/in/", "--out", "s3://b/o/")
+    env = json.loads(words[words.index("--runtime-env-json") + 1])
+    assert env["excludes"] == [".git"] and "working_dir" not in env
+    assert env["env_vars"] == {
+        "OMP_NUM_THREADS": "1",
+        "AWS_REGION": "us-east-2",  # the file's own value wins
+        "AWS_ENDPOINT_URL": "http://s3.internal:9000",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["caption", "/data/videos/", "--out", "s3://b/o/"], "a local path"),
+        (["caption", "s3://b/in/", "--out", "out/"], "a local output"),
+        (["caption", "s3://b/in/", "--out", "s3://b/o/", "--model", "tiny-model/"], "git-ignored"),
+        (["caption", "../elsewhere/", "--out", "s3://b/o/"], "outside the working dir"),
+    ],
+)
+def test_paths_the_cluster_will_not_have_are_refused_before_submitting(capsys, args, why):
+    from facetrack.cli import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["submit", "--dry-run", *args])
+    assert why in str(refused.value) and "s3://" in str(refused.value)
+    assert capsys.readouterr().out == ""
+
+
+def test_uris_model_ids_and_local_paths_on_request_are_accepted(capsys):
+    words = _dry_run(capsys, "caption", "s3://b/in/", "--out", "s3://b/o/", "--model", "org/Model-7B")
+    assert words[-2:] == ["--model", "org/Model-7B"]
+    words = _dry_run(capsys, "--local-paths", "caption", "/data/in/", "--out", "out/")
+    assert words[-3:] == ["/data/in/", "--out", "out/"]
