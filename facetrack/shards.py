@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import secrets
 import time
 from collections.abc import Iterable
@@ -68,11 +69,70 @@ def list_shards(out_uri: str) -> list[str]:
 
 
 def read_rows(out_uri: str) -> list[dict[str, Any]]:
-    """All rows written under ``out_uri`` so far."""
-    rows: list[dict[str, Any]] = []
+    """All rows written under ``out_uri`` so far, one per id.
+
+    A row committed twice (a retried task, or a rerun of a failed id) is read once: a successful row wins
+    over an error row, otherwise the later shard (shards sort by run id) wins.
+    """
+    by_id: dict[str, dict[str, Any]] = {}
     for uri in list_shards(out_uri):
-        rows.extend(read_shard(uri))
-    return rows
+        for row in read_shard(uri):
+            key = str(row["id"])
+            old = by_id.get(key)
+            if old is None or not (row.get("error") and not old.get("error")):
+                by_id[key] = row
+    return list(by_id.values())
+
+
+def clean_stale_temp(out_uri: str) -> list[str]:
+    """Remove temporary shard files a killed run left in a local ``rows/`` folder; returns their paths.
+
+    Call it before a run starts writing: any temporary file there then belongs to an earlier run.
+    Remote outputs need nothing: an object appears only when its upload completes.
+    """
+    if storage.is_remote(out_uri):
+        return []
+    folder = storage.local_path(storage.join(out_uri, SHARD_DIR))
+    removed = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    for name in names:
+        if name.startswith(".") and name.endswith(storage.TMP_SUFFIX):
+            try:
+                os.unlink(folder / name)
+                removed.append(str(folder / name))
+            except OSError:
+                pass
+    return removed
+
+
+def check_writable(out_uri: str) -> str | None:
+    """A one-line problem when ``out_uri`` cannot be written (a probe is created and deleted), else None."""
+    probe = storage.join(out_uri, SHARD_DIR, f".probe-{secrets.token_hex(6)}")
+    created = None  # the outermost local folder the probe creates: removed again, so a check leaves no trace
+    if not storage.is_remote(out_uri):
+        folder = storage.local_path(probe).parent
+        while not folder.exists() and folder.parent != folder:
+            created, folder = folder, folder.parent
+    try:
+        storage.write_bytes(probe, b"")
+        storage.delete(probe)
+    except (storage.StorageError, OSError) as exc:
+        return f"cannot write the output {out_uri}: {exc}"
+    finally:
+        if created is not None:
+            folder = storage.local_path(probe).parent
+            while True:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                if folder == created:
+                    break
+                folder = folder.parent
+    return None
 
 
 def done_ids(out_uri: str) -> set[str]:

@@ -54,3 +54,41 @@ def test_time_based_flush_and_empty_output(tmp_path):
     assert len(writer.shards_written) == 1
     with pytest.raises(ValueError, match="unknown shard format"):
         shards.ShardWriter(out, fmt="csv")  # type: ignore[arg-type]
+
+
+def test_a_row_committed_twice_is_read_once_and_success_wins(tmp_path):
+    out = str(tmp_path / "out")
+    failed = dict(rows(1)[0], caption=None, error="track: TimeoutError: slow")
+    for run_id, batch in (("r1", [failed, *rows(1, start=1)]), ("r2", rows(2)), ("r3", [failed])):
+        with shards.ShardWriter(out, run_id=run_id) as writer:
+            writer.add_many(batch)
+    back = shards.read_rows(out)
+    assert sorted(r["id"] for r in back) == ["v0", "v1"]
+    assert all(r["error"] is None for r in back)
+
+
+def test_stale_temporary_shards_are_removed_and_whole_shards_kept(tmp_path):
+    out = str(tmp_path / "out")
+    with shards.ShardWriter(out, run_id="r1") as writer:
+        writer.add_many(rows(2))
+    folder = tmp_path / "out" / "rows"
+    stale = folder / f".part-r0-00000.jsonl.0123abcd{storage.TMP_SUFFIX}"
+    stale.write_text('{"id": "half')
+    removed = shards.clean_stale_temp(out)
+    assert removed == [str(stale)] and not stale.exists()
+    assert shards.done_ids(out) == {"v0", "v1"}
+    assert shards.clean_stale_temp(str(tmp_path / "nothing-here")) == []
+
+
+def test_an_unwritable_output_is_one_line_naming_it_and_the_cause(tmp_path):
+    assert shards.check_writable(str(tmp_path / "new" / "out")) is None
+    assert not (tmp_path / "new").exists()  # the probe and the folders made for it are removed
+    (tmp_path / "old" / "rows").mkdir(parents=True)
+    assert shards.check_writable(str(tmp_path / "old")) is None
+    assert list((tmp_path / "old" / "rows").iterdir()) == []
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    problem = shards.check_writable(str(blocker / "out"))
+    assert problem is not None and "\n" not in problem
+    assert problem.startswith(f"cannot write the output {blocker / 'out'}")
+    assert "not a directory" in problem
