@@ -102,7 +102,7 @@ def _read_folder(source: str, exts: tuple[str, ...] | None) -> Inputs:
 def resolve_video(video: str, base: str | None) -> str:
     """A record's ``video`` as a URI: absolute ones (``s3://``, ``/``, ``file://``) as given, relative ones
     joined to ``base`` (kept relative when there is no base)."""
-    if storage.is_s3(video) or video.startswith(("/", "file://")) or not base:
+    if storage.is_remote(video) or video.startswith(("/", "file://")) or not base:
         return video
     return storage.join(base, video)
 

@@ -466,9 +466,9 @@ def _materialise(source: VideoSource, name: str | None) -> _Opened:
         return _Opened(data, label)
     text = os.fspath(source)
     label = name or str(text)
-    if str(text).startswith("s3://"):
-        from facetrack import storage
+    from facetrack import storage
 
+    if storage.is_remote(str(text)):
         suffix = Path(str(text)).suffix or ".bin"
         fd, tmp = tempfile.mkstemp(prefix="facetrack-video-", suffix=suffix)
         try:

@@ -126,8 +126,9 @@ class FinetuneConfig:
 
     @property
     def storage_root(self) -> str:
-        """``storage_path`` as Ray wants it: an absolute local path or an ``s3://`` URI."""
-        return self.storage_path if storage.is_s3(self.storage_path) else os.path.abspath(self.storage_path)
+        """``storage_path`` as an absolute local path or a URI (``s3://``, ``gs://``, ...)."""
+        path = self.storage_path
+        return path if storage.is_remote(path) else os.path.abspath(path)
 
     @property
     def run_dir(self) -> str:
@@ -136,13 +137,13 @@ class FinetuneConfig:
     @property
     def cache_dir(self) -> str:
         if self.data.cache:
-            return self.data.cache if storage.is_s3(self.data.cache) else os.path.abspath(self.data.cache)
+            return self.data.cache if storage.is_remote(self.data.cache) else os.path.abspath(self.data.cache)
         return storage.join(self.storage_root, "cache")
 
 
 def _absolute(path: str | None, must_exist: bool = False) -> str | None:
     """A local relative path made absolute (Ray workers do not share the driver's working directory)."""
-    if not path or storage.is_s3(path) or os.path.isabs(path):
+    if not path or storage.is_remote(path) or os.path.isabs(path):
         return path
     if must_exist and not os.path.exists(path):
         return path  # not a local path: a hub id
@@ -453,6 +454,7 @@ def train(config: FinetuneConfig, manifest: str) -> Any:
         "metrics_uri": storage.join(config.run_dir, "metrics.jsonl"),
         "run_dir": config.run_dir,
     }
+    ray_fs, ray_path = storage.pyarrow_filesystem(config.storage_root)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop,
@@ -462,7 +464,9 @@ def train(config: FinetuneConfig, manifest: str) -> Any:
         torch_config=TorchConfig(backend=_backend(scaling)),
         run_config=RunConfig(
             name=config.name,
-            storage_path=config.storage_root,
+            # Ray Train writes through the same filesystem as the rest of the job.
+            storage_path=ray_path,
+            storage_filesystem=ray_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),

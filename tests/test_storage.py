@@ -26,10 +26,17 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def s3_filesystem() -> object:
+    """The process's S3 filesystem (s3fs), connected, as storage uses it."""
+    fs, _ = storage.filesystem("s3://any/key")
+    fs.connect()
+    return fs
+
+
 @contextmanager
 def on_event(event: str, handler: Callable[..., object]) -> Iterator[None]:
     """Register a botocore event handler on the process's S3 client for the duration of the block."""
-    events = storage.s3_client().meta.events
+    events = s3_filesystem().s3.meta.events
     events.register(event, handler)
     try:
         yield
@@ -38,7 +45,7 @@ def on_event(event: str, handler: Callable[..., object]) -> Iterator[None]:
 
 
 def multipart_uploads(bucket: str) -> list[str]:
-    response = storage.s3_client().list_multipart_uploads(Bucket=bucket)
+    response = s3_filesystem().call_s3("list_multipart_uploads", Bucket=bucket)
     return [upload["Key"] for upload in response.get("Uploads", [])]
 
 
@@ -175,15 +182,17 @@ def test_join_and_uri_helpers() -> None:
 
 
 def test_retry_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FACETRACK_S3_RETRIES", "3")
-    monkeypatch.setenv("FACETRACK_S3_RETRY_SECONDS", "7.5")
+    default = storage.RetryPolicy.from_env()
+    assert default.max_seconds >= 90  # outlasts a 60 s outage, with the calls' own time on top
+    monkeypatch.setenv("FACETRACK_STORAGE_RETRIES", "3")
+    monkeypatch.setenv("FACETRACK_STORAGE_RETRY_SECONDS", "7.5")
     policy = storage.RetryPolicy.from_env()
     assert (policy.retries, policy.max_seconds) == (3, 7.5)
     delays = [policy.delay(n) for n in range(1, 12)]
     assert all(0 < d <= policy.max_delay for d in delays)
     assert delays[0] <= policy.base_delay and delays[-1] >= policy.max_delay / 2
-    monkeypatch.setenv("FACETRACK_S3_RETRIES", "many")
-    with pytest.raises(storage.StorageError, match="FACETRACK_S3_RETRIES"):
+    monkeypatch.setenv("FACETRACK_STORAGE_RETRIES", "many")
+    with pytest.raises(storage.StorageError, match="FACETRACK_STORAGE_RETRIES"):
         storage.RetryPolicy.from_env()
 
 
@@ -222,7 +231,7 @@ def test_s3_large_multipart_object(s3_bucket: str) -> None:
     data = os.urandom(20 * MIB + 123)
     uri = f"s3://{s3_bucket}/big/blob.bin"
     storage.write_bytes(uri, data)
-    head = storage.s3_client().head_object(Bucket=s3_bucket, Key="big/blob.bin")
+    head = s3_filesystem().call_s3("head_object", Bucket=s3_bucket, Key="big/blob.bin")
     assert head["ContentLength"] == len(data)
     assert head["ETag"].strip('"').endswith("-3")  # three 8 MiB parts: it went up as a multipart upload
     assert sha(storage.read_bytes(uri)) == sha(data)
@@ -250,12 +259,12 @@ def test_s3_list_more_than_1000_keys(s3_bucket: str) -> None:
     clients = set()
 
     def put(key: str) -> None:
-        clients.add(id(storage.s3_client()))
+        clients.add(id(storage.filesystem(f"s3://{s3_bucket}/{key}")[0]))
         storage.write_bytes(f"s3://{s3_bucket}/{key}", key.encode())
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(put, keys + others))
-    assert len(clients) == 1  # one client shared by all threads
+    assert len(clients) == 1  # one filesystem (and client) shared by all threads
 
     listed = list(storage.list_uris(f"s3://{s3_bucket}/data"))
     assert listed == sorted(f"s3://{s3_bucket}/{k}" for k in keys)
@@ -296,7 +305,7 @@ def test_s3_failed_upload_leaves_old_object(s3_bucket: str, monkeypatch: pytest.
 
     uri = f"s3://{s3_bucket}/model/weights.bin"
     storage.write_bytes(uri, b"old weights")
-    monkeypatch.setenv("FACETRACK_S3_RETRIES", "1")
+    monkeypatch.setenv("FACETRACK_STORAGE_RETRIES", "1")
     cut = []
 
     def cut_second_part(request: object, **_: object) -> None:
@@ -308,7 +317,8 @@ def test_s3_failed_upload_leaves_old_object(s3_bucket: str, monkeypatch: pytest.
         with pytest.raises(storage.StorageError, match="failed after 2 attempts") as caught:
             storage.write_bytes(uri, os.urandom(20 * MIB))
     assert "ConnectionClosedError" in str(caught.value)
-    assert len(cut) == 2  # one cut per attempt
+    assert isinstance(caught.value, storage.TransientStorageError)
+    assert len(cut) >= 2  # every attempt was cut (botocore's own retries add tries within one attempt)
     assert storage.read_bytes(uri) == b"old weights"
     assert multipart_uploads(s3_bucket) == []  # the failed multipart uploads were aborted
 
@@ -340,7 +350,9 @@ def test_s3_writer_killed_mid_upload_leaves_old_object(s3_bucket: str) -> None:
         "from facetrack import storage\n"
         "def die(**_):\n"
         "    os._exit(7)\n"
-        "storage.s3_client().meta.events.register('before-send.s3.UploadPart', die)\n"
+        "fs, _ = storage.filesystem(sys.argv[1])\n"
+        "fs.connect()\n"
+        "fs.s3.meta.events.register('before-send.s3.UploadPart', die)\n"
         "storage.write_bytes(sys.argv[1], os.urandom(20 * 1024 * 1024))\n"
     )
     done = subprocess.run([sys.executable, "-c", code, uri], cwd=REPO, timeout=120)
@@ -446,11 +458,11 @@ def test_s3_read_retries_until_server_is_back(s3_server: LocalS3, s3_bucket: str
     storage.write_bytes(uri, data)
     s3_server.stop()
     try:
-        monkeypatch.setenv("FACETRACK_S3_RETRIES", "2")
-        with pytest.raises(storage.StorageError, match="failed after 3 attempts"):
+        monkeypatch.setenv("FACETRACK_STORAGE_RETRIES", "2")
+        with pytest.raises(storage.TransientStorageError, match="failed after 3 attempts"):
             storage.read_bytes(uri)
-        monkeypatch.setenv("FACETRACK_S3_RETRIES", "20")
-        monkeypatch.setenv("FACETRACK_S3_RETRY_SECONDS", "60")
+        monkeypatch.setenv("FACETRACK_STORAGE_RETRIES", "20")
+        monkeypatch.setenv("FACETRACK_STORAGE_RETRY_SECONDS", "60")
         result: dict[str, object] = {}
 
         def read() -> None:
@@ -491,20 +503,21 @@ def test_s3_stream_resumes_after_connection_loss(s3_server: LocalS3, s3_bucket: 
             finally:
                 restart.join()
     assert sha(head + rest) == sha(data)
-    assert ranges[0] is None
-    resumed = [int(r.removeprefix("bytes=").rstrip("-")) for r in ranges[1:]]
-    assert resumed and all(MIB <= start < len(data) for start in resumed)
+    starts = [int(r.removeprefix("bytes=").split("-")[0]) for r in ranges]
+    assert starts[0] == 0
+    # Reads went on from where the stream stopped, never from the start again.
+    assert len(starts) > 1 and all(MIB <= start < len(data) for start in starts[1:])
 
 
 def test_s3_client_is_rebuilt_after_fork(s3_bucket: str) -> None:
     uri = f"s3://{s3_bucket}/fork.txt"
     storage.write_text(uri, "from the parent")
-    parent = storage.s3_client()
+    parent = storage.filesystem(uri)[0]
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: a fresh client, and it works
         try:
-            ok = storage.s3_client() is not parent and storage.read_text(uri) == "from the parent"
+            ok = storage.filesystem(uri)[0] is not parent and storage.read_text(uri) == "from the parent"
             os.write(write_end, b"1" if ok else b"0")
         finally:
             os._exit(0)
@@ -513,4 +526,78 @@ def test_s3_client_is_rebuilt_after_fork(s3_bucket: str) -> None:
     os.close(read_end)
     os.waitpid(pid, 0)
     assert answer == b"1"
-    assert storage.s3_client() is parent
+    assert storage.filesystem(uri)[0] is parent
+
+
+# ------------------------------------------------------------------------------- other URI schemes
+
+
+def test_memory_round_trip_listing_and_atomic_write() -> None:
+    root = f"memory://t-{os.getpid()}-{time.monotonic_ns()}"
+    storage.write_bytes(f"{root}/a/x.bin", b"\x00mem")
+    storage.write_text(f"{root}/a/b/y.txt", "zwölf")
+    assert storage.read_bytes(f"{root}/a/x.bin") == b"\x00mem"
+    assert storage.read_text(f"{root}/a/b/y.txt") == "zwölf"
+    assert storage.size(f"{root}/a/x.bin") == 4
+    assert list(storage.list_uris(root)) == [f"{root}/a/b/y.txt", f"{root}/a/x.bin"]
+    assert list(storage.list_uris(root, suffixes=".txt")) == [f"{root}/a/b/y.txt"]
+    with storage.open_read(f"{root}/a/b/y.txt", "r") as stream:
+        assert stream.read() == "zwölf"
+    with pytest.raises(RuntimeError):
+        with storage.open_write(f"{root}/a/x.bin") as stream:
+            stream.write(b"half")
+            raise RuntimeError("boom")
+    assert storage.read_bytes(f"{root}/a/x.bin") == b"\x00mem"
+    assert storage.exists(f"{root}/a/x.bin") and not storage.exists(f"{root}/a/nope")
+    copy = storage.local_copy(f"{root}/a/x.bin")
+    assert copy.read_bytes() == b"\x00mem" and copy.name == "x.bin"
+    storage.delete(f"{root}/a/x.bin")
+    with pytest.raises(storage.NotFoundError, match="no such key"):
+        storage.read_bytes(f"{root}/a/x.bin")
+
+
+def test_unknown_scheme_and_missing_extra_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(storage.StorageError, match=r"unknown URI scheme 'ftpx://'") as caught:
+        storage.write_text("ftpx://host/out/x.txt", "lost?")
+    assert "\n" not in str(caught.value)
+    code = (
+        "import sys\n"
+        "sys.modules['gcsfs'] = None  # as on a machine without the gcs extra\n"
+        "from facetrack import storage\n"
+        "try:\n"
+        "    storage.write_text('gs://bucket/out/x.txt', 'x')\n"
+        "except storage.StorageError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.stdout.strip() == "gs://bucket/out/x.txt: gs:// needs gcsfs: pip install 'facetrack[gcs]'"
+    assert os.listdir(tmp_path) == []  # nothing was written to a local folder named 'gs:'
+
+
+def test_local_errors_keep_their_cause(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(storage.StorageError, match="file is not a directory"):
+        storage.write_text(tmp_path / "file" / "below.txt", "y")
+    with pytest.raises(storage.StorageError, match="not a directory"):
+        storage.read_bytes(tmp_path / "file" / "below.txt")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(storage.StorageError, match="symlink loop"):
+        storage.read_bytes(loop)
+
+
+def test_pyarrow_filesystem_is_the_same_storage() -> None:
+    root = f"memory://pa-{os.getpid()}-{time.monotonic_ns()}"
+    storage.write_text(f"{root}/a.txt", "through pyarrow")
+    fs, path = storage.pyarrow_filesystem(f"{root}/a.txt")
+    with fs.open_input_stream(path) as stream:
+        assert stream.read() == b"through pyarrow"
+    local, abspath = storage.pyarrow_filesystem("rel/dir")
+    assert local is None and os.path.isabs(abspath)

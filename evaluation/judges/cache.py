@@ -37,7 +37,9 @@ def cache_key(judge_name: str, stage_version: str, stage: str, inputs: Mapping[s
 
 
 def _is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
+    from facetrack import storage
+
+    return storage.is_remote(uri)
 
 
 class JudgeCache:

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print("facetrack samples: no face images found; install insightface or matplotlib")
         return 2
     with tempfile.TemporaryDirectory(prefix="facetrack-samples-") as tmp:
-        local = args.out_dir if not storage.is_s3(args.out_dir) else tmp
+        local = args.out_dir if not storage.is_remote(args.out_dir) else tmp
         written = write_samples(
             local, n=args.n, seconds=args.seconds, width=args.width, height=args.height, kinds=kinds
         )
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         for clip in written:
             name = Path(clip.path).name
             uri = storage.join(args.out_dir, name)
-            if storage.is_s3(args.out_dir):
+            if storage.is_remote(args.out_dir):
                 storage.write_bytes(uri, Path(clip.path).read_bytes())
             visible = {face: sum(b is not None for b in boxes) for face, boxes in clip.boxes.items()}
             index.append(

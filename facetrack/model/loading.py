@@ -182,8 +182,10 @@ def resolve_source(source: str, cache_dir: str | os.PathLike | None = None) -> P
     Raises:
         CheckpointError: the source does not exist or cannot be fetched.
     """
+    from facetrack import storage
+
     source = os.fspath(source)
-    if source.startswith("s3://"):
+    if storage.is_remote(source):
         return mirror_prefix(source, cache_dir)
     path = Path(source).expanduser()
     if path.is_dir():
@@ -450,7 +452,7 @@ def _load_part(model: FaceTrackMM, state: dict[str, torch.Tensor], prefix: str, 
 def _face_checkpoint(path: str, folder: Path) -> dict[str, torch.Tensor]:
     from facetrack import storage
 
-    local = folder / path if not (path.startswith("s3://") or os.path.isabs(path)) else None
+    local = folder / path if not (storage.is_remote(path) or os.path.isabs(path)) else None
     if local is None or not local.exists():
         try:
             local = storage.local_copy(path)

@@ -908,7 +908,7 @@ def model_num_frames(source: str) -> int:
     """The frame count a checkpoint was trained with, read from its config only (no weights)."""
     from facetrack.model.loading import OUR_CONFIG, resolve_source
 
-    if not (storage.is_s3(source) or Path(source).is_dir()):  # a hub id: its config files only
+    if not (storage.is_remote(source) or Path(source).is_dir()):  # a hub id: its config files only
         try:
             from huggingface_hub import hf_hub_download
 
@@ -979,7 +979,7 @@ def latest_checkpoint(run_dir: str) -> str | None:
 
 def local_checkpoint(uri: str, tmp: Path) -> Path:
     """A local folder with the checkpoint's files (the folder itself when it is local)."""
-    if not storage.is_s3(uri):
+    if not storage.is_remote(uri):
         return Path(uri)
     for item in storage.list_uris(uri):
         target = tmp / item[len(uri) :].lstrip("/")
@@ -1077,7 +1077,7 @@ def _fetch_checkpoint(checkpoint: str, dest: Path) -> dict[str, Any]:
 
 def _absolute_source(source: str) -> str:
     """A base-model reference that still resolves from elsewhere: local paths made absolute."""
-    if source.startswith("s3://") or not Path(source).expanduser().exists():
+    if storage.is_remote(source) or not Path(source).expanduser().exists():
         return source
     return str(Path(source).expanduser().resolve())
 
