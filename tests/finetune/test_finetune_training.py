@@ -179,7 +179,9 @@ def test_micro_batches_with_loader_workers_come_in_training_order(tiny_model: Pa
     assert batch.n_tokens == sum(len(s) - 1 for s in batch.sequences) + visual[0] + visual[1]
 
 
-def test_finetune_command_passes_its_options_to_the_job() -> None:
+def test_finetune_command_passes_its_options_to_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import argparse
 
     from facetrack.commands.finetune import add_arguments, job_argv
@@ -192,14 +194,14 @@ def test_finetune_command_passes_its_options_to_the_job() -> None:
     assert job_argv(args) == ["--config", "c.yaml", "--num-workers", "8", "--gpu", "train.lr=0.001", "name=x"]
     from jobs.finetune import config_from_args
 
-    config = config_from_args(
-        parser.parse_args(
-            ["--config", str(CONFIGS / "finetune_tiny_cpu.yaml"), "--num-workers", "3", "--gpu"]
-        )
-    )
+    argv = ["--config", str(CONFIGS / "finetune_tiny_cpu.yaml"), "--num-workers", "3", "--gpu"]
+    monkeypatch.chdir(tmp_path)  # whatever the caller's working directory holds
+    config = config_from_args(parser.parse_args(argv))
     assert config.scaling.num_workers == 3 and config.scaling.use_gpu is True
     assert Path(config.data.train).is_absolute() and Path(config.storage_path).is_absolute()
     assert config.model == "tiny-model"  # no such folder here: taken for a hub id, left as it is
+    (tmp_path / "tiny-model").mkdir()
+    assert config_from_args(parser.parse_args(argv)).model == str(tmp_path / "tiny-model")  # a folder
 
 
 def test_a_face_branch_added_to_a_plain_base_survives_both_exports(tmp_path: Path) -> None:
