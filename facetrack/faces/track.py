@@ -10,6 +10,7 @@ mean embeddings are closer than the analyser's match distance. boxmot is AGPL-3.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -79,6 +80,8 @@ class FaceTracker:
             from boxmot.trackers.box.strongsort.tracker import StrongSort
         except ImportError as exc:
             raise ImportError(f"face tracking needs boxmot: {INSTALL_FACES}") from exc
+        # boxmot sets its logger to INFO and prints every tracker's parameters once per worker.
+        logging.getLogger("boxmot").setLevel(logging.WARNING)
         self._torch = torch
         self._Boxes = Boxes
         self._Detections = Detections
