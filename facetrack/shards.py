@@ -48,7 +48,7 @@ def read_shard(uri: str) -> list[dict[str, Any]]:
         table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
         rows = table.to_pylist()
         for row in rows:
-            for key in ("main_track", "timings"):
+            for key in ("main_track", "timings", "warnings"):
                 if isinstance(row.get(key), str):
                     row[key] = json.loads(row[key])
         return rows

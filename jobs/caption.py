@@ -10,6 +10,7 @@ and ``summary.json``. Running the same command again skips every id already writ
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import logging
@@ -29,8 +30,16 @@ from facetrack.config import load_config, to_dict
 from facetrack.faces.stage import FaceTrackConfig
 from facetrack.manifest import VIDEO_EXTENSIONS, InputError, read_inputs
 from facetrack.model.prompt import benchmark_instruction
-from facetrack.shards import ShardWriter, done_ids, new_run_id
+from facetrack.shards import (
+    ShardWriter,
+    check_writable,
+    clean_stale_temp,
+    done_ids,
+    new_run_id,
+    read_rows,
+)
 from facetrack.types import CaptionRow, VideoRef
+from jobs.caption_report import Progress, failure_reason, output_totals, print_summary
 
 log = logging.getLogger("facetrack.jobs.caption")
 
@@ -102,6 +111,8 @@ _SAFE = re.compile(r"[^A-Za-z0-9._/-]+")
 def sheet_uri(out: str, video_id: str) -> str:
     """Where the contact sheet of ``video_id`` goes under ``out``."""
     name = _SAFE.sub("_", video_id).strip("/").replace("..", "_") or "video"
+    if name != video_id:  # sanitised: a short hash of the id keeps "a b" and "a_b" apart
+        name += "-" + hashlib.sha1(video_id.encode()).hexdigest()[:8]
     return storage.join(out, "sheets", f"{name}.png")
 
 
@@ -134,6 +145,7 @@ def track_row(stage: Any, row: dict[str, Any], out: str, sheets: bool, frame_siz
         "main_track": "null",
         "timings": "{}",
         "error": "",
+        "warnings": "[]",
     }
     t0 = time.perf_counter()
     try:
@@ -151,16 +163,19 @@ def track_row(stage: Any, row: dict[str, Any], out: str, sheets: bool, frame_siz
             out_row["frames"] = _npy(_resize_long_side(clip.frames, frame_size))
             out_row["crops"] = _npy(clip.crops)
             out_row["main_track"] = json.dumps(result.main_track_summary())
-            if sheets:
-                t1 = time.perf_counter()
-                from facetrack.faces.draw import contact_sheet_png
-
-                png = contact_sheet_png(result)
-                if png is not None:
-                    storage.write_bytes(sheet_uri(out, video.id), png)
-                timings["sheet"] = time.perf_counter() - t1
         except Exception as exc:
             out_row["error"] = f"track: {type(exc).__name__}: {exc}"
+    if sheets and not out_row["error"]:
+        t1 = time.perf_counter()
+        try:
+            from facetrack.faces.draw import contact_sheet_png
+
+            png = contact_sheet_png(result)
+            if png is not None:
+                storage.write_bytes(sheet_uri(out, video.id), png)
+        except Exception as exc:  # a sheet that cannot be written costs the sheet, never the caption
+            out_row["warnings"] = json.dumps([f"sheet: {type(exc).__name__}: {exc}"])
+        timings["sheet"] = time.perf_counter() - t1
     out_row["timings"] = json.dumps(timings)
     return out_row
 
@@ -217,6 +232,7 @@ class CaptionActor:
             "main_track": batch["main_track"],
             "timings": np.array([json.dumps(t) for t in timings], dtype=object),
             "error": np.array(errors, dtype=object),
+            "warnings": batch["warnings"],
         }
 
 
@@ -228,7 +244,7 @@ def _final_row(row: dict[str, Any]) -> dict[str, Any]:
     error = str(row.get("error") or "") or None
     main_track = row.get("main_track")
     timings = row.get("timings")
-    return CaptionRow(
+    final = CaptionRow(
         id=str(row["id"]),
         video=str(row["video"]),
         caption=None if error else str(row.get("caption") or ""),
@@ -238,52 +254,9 @@ def _final_row(row: dict[str, Any]) -> dict[str, Any]:
         timings=json.loads(timings) if isinstance(timings, str) else (timings or {}),
         error=error,
     ).to_dict()
-
-
-def _reason(error: str, video: str = "") -> str:
-    """A short failure category for the summary: the stage and the message without file names or details.
-
-    ``"track: s3://b/x.mp4: not a readable video (Invalid data ...)"`` -> ``"track: not a readable video"``.
-    """
-    stage, _, message = error.partition(": ")
-    if video:
-        message = message.replace(f"{video}: ", "").replace(video, "")
-    message = re.split(r"[(:]", message, maxsplit=1)[0]
-    message = re.sub(r"\s+", " ", message).strip()[:60]
-    return f"{stage}: {message}" if message else stage
-
-
-class Progress:
-    """A periodic one-line report: done / failed / rate / ETA."""
-
-    def __init__(self, total: int, every: float) -> None:
-        self.total, self.every = total, every
-        self.done = self.failed = 0
-        self.start = self._last = time.monotonic()
-
-    def update(self, failed: bool) -> None:
-        self.done += 1
-        self.failed += int(failed)
-        now = time.monotonic()
-        if now - self._last >= self.every or self.done == self.total:
-            self._last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            log.info(
-                "progress: %d/%d done, %d failed, %.2f videos/s, ETA %s",
-                self.done,
-                self.total,
-                self.failed,
-                rate,
-                _fmt_seconds(eta),
-            )
-
-
-def _fmt_seconds(s: float) -> str:
-    if s == float("inf"):
-        return "?"
-    s = int(round(s))
-    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    warnings = row.get("warnings")
+    final["warnings"] = json.loads(warnings) if isinstance(warnings, str) else list(warnings or [])
+    return final
 
 
 def run(cfg: CaptionJobConfig) -> dict[str, Any]:
@@ -300,6 +273,9 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     model = cfg.captioner.model or DEFAULT_MODEL
     cfg.captioner.model = model
     inputs = read_inputs(cfg.input, cfg.extensions or None, cfg.video_root)
+    stale = clean_stale_temp(cfg.out)
+    if stale:
+        log.info("caption: removed %d temporary shard files left by an earlier run", len(stale))
     already = done_ids(cfg.out)
     todo = [v for v in inputs.videos if v.id not in already]
     input_errors = [e for e in inputs.errors if e.id not in already]
@@ -331,7 +307,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
         for err in input_errors:
             writer.add(_input_error_row(err, model, prompt))
             counts["failed"] += 1
-            counts[f"failed/{_reason('input: ' + err.error)}"] += 1
+            counts[f"failed/{failure_reason('input: ' + err.error)}"] += 1
             progress.update(failed=True)
         if todo:
             ds = ray.data.from_items(
@@ -364,7 +340,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
                     example = {"id": final["id"], "caption": final["caption"][:300]}
                 if final["error"]:
                     counts["failed"] += 1
-                    counts[f"failed/{_reason(final['error'], final['video'])}"] += 1
+                    counts[f"failed/{failure_reason(final['error'], final['video'])}"] += 1
                 else:
                     counts["done"] += 1
                 for k, v in final["timings"].items():
@@ -395,14 +371,16 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
         "example": example,
         "config": to_dict(cfg),
     }
-    storage.write_text(storage.join(cfg.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    summary["output"] = output_totals(read_rows(cfg.out))  # the output's totals, beside this run's counts
+    text = json.dumps(summary, indent=2) + "\n"
+    storage.write_text(storage.join(cfg.out, "runs", f"{run_id}.json"), text)
+    storage.write_text(storage.join(cfg.out, "summary.json"), text)
     return summary
 
 
 def _input_error_row(err: InputError, model: str, prompt: str) -> dict[str, Any]:
-    return CaptionRow(
-        id=err.id, video=err.video, model=model, prompt=prompt, error=f"input: {err.error}"
-    ).to_dict()
+    row = CaptionRow(id=err.id, video=err.video, model=model, prompt=prompt, error=f"input: {err.error}")
+    return {**row.to_dict(), "warnings": []}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -430,35 +408,6 @@ def config_from_args(args: argparse.Namespace) -> CaptionJobConfig:
     return load_config(CaptionJobConfig, args.config, [*args.overrides, *overrides])
 
 
-def print_summary(summary: dict[str, Any]) -> None:
-    c = summary["counts"]
-    out = summary["out"]
-    print(
-        f"\ncaptioned {c['done']} videos, {c['failed']} failed, {c['skipped_already_done']} already done "
-        f"in {summary['seconds']:.1f} s ({summary['videos_per_second'] or 0:.2f} videos/s)"
-    )
-    for reason, n in c["failed_by_reason"].items():
-        print(f"  failed: {n} x {reason}")
-    if summary.get("example"):
-        print(f"example:  [{summary['example']['id']}] {summary['example']['caption'][:160]!r}")
-    if _random_weights(summary["model"]):
-        print("note:     this checkpoint has random weights (facetrack tiny-model): its captions are noise")
-    print(f"rows:     {storage.join(out, 'rows')}/")
-    print(f"summary:  {storage.join(out, 'summary.json')}")
-    if summary["config"].get("sheets"):
-        print(f"sheets:   {storage.join(out, 'sheets')}/  (one contact sheet per video)")
-
-
-def _random_weights(model: str) -> bool:
-    """Whether ``model`` is a local checkpoint written by ``facetrack tiny-model`` (random weights)."""
-    config = os.path.join(os.path.expanduser(model), "config.json")
-    try:
-        with open(config, encoding="utf-8") as f:
-            return "random" in str(json.load(f).get("facetrack_name", ""))
-    except (OSError, ValueError):
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     return run_cli(args)
@@ -469,7 +418,7 @@ def check_model(model: str) -> str | None:
 
     Anything else of the form ``org/name`` is taken for a hub id, which the actors download.
     """
-    if storage.is_s3(model):
+    if storage.is_remote(model):
         return None if storage.exists(model.rstrip("/") + "/") else f"no checkpoint under {model}"
     path = os.path.expanduser(model)
     if os.path.exists(path):
@@ -487,6 +436,10 @@ def run_cli(args: argparse.Namespace) -> int:
     problem = check_model(cfg.captioner.model or DEFAULT_MODEL)
     if problem:
         print(f"facetrack caption: cannot load the model: {problem}", file=sys.stderr)
+        return 2
+    problem = check_writable(cfg.out)
+    if problem:  # before Ray starts and before any video is decoded
+        print(f"facetrack caption: {problem}", file=sys.stderr)
         return 2
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address:

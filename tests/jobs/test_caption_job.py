@@ -79,6 +79,13 @@ def test_archive_in_s3_is_captioned_into_s3(s3_server, s3_bucket, ray_local, arc
     again = run(job_config(source, out, tiny_checkpoint))
     assert again["counts"]["skipped_already_done"] == len(ids) and again["counts"]["done"] == 0
     check_rows(out, ids)
+    # summary.json says what the output holds in total; each run keeps its own summary.
+    totals = json.loads(storage.read_text(f"{out}/summary.json"))["output"]
+    assert totals == {**summary["output"], "rows": len(ids)} and totals["done"] == 4
+    assert totals["failed_by_reason"] == summary["counts"]["failed_by_reason"]
+    runs = {u.rsplit("/", 1)[1]: u for u in storage.list_uris(f"{out}/runs")}
+    assert sorted(runs) == sorted([f"{summary['run_id']}.json", f"{again['run_id']}.json"])
+    assert json.loads(storage.read_text(runs[f"{summary['run_id']}.json"]))["counts"] == summary["counts"]
 
 
 def test_manifest_bad_lines_are_error_rows(ray_local, archive, tiny_checkpoint, tmp_path):
@@ -150,3 +157,28 @@ def test_missing_input_is_a_clear_error(ray_local, tiny_checkpoint, tmp_path, ca
     )
     assert "no such" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_contact_sheet_names_never_collide():
+    from jobs.caption import sheet_uri
+
+    names = {sheet_uri("out", i) for i in ("a b", "a_b", "a/b", "a?b", "clip-1")}
+    assert len(names) == 5
+    assert sheet_uri("out", "clip-1") == "out/sheets/clip-1.png"
+
+
+def test_unwritable_output_fails_before_ray_starts(archive, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import ray
+
+    from jobs.caption import main
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for an output that cannot be written")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = blocker / "captions"
+    assert main([str(archive), "--out", str(out), "--model", str(tiny_checkpoint)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(out) in err and "not a directory" in err
