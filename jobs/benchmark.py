@@ -17,7 +17,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -179,13 +178,9 @@ def caption_benchmark(
 
 
 def _connect(address: str | None, num_cpus: int | None) -> None:
-    address = address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+    from jobs.ray_session import connect
+
+    connect(address, num_cpus)
 
 
 def run_cli(args: argparse.Namespace) -> int:

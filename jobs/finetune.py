@@ -22,18 +22,13 @@ import os
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import ray
 
 from facetrack import storage
 from facetrack.commands.finetune import add_arguments
 from facetrack.config import ConfigError, load_config, to_dict
-from facetrack.faces.stage import FaceTrackConfig
 from facetrack.model.training import (
     LoraSettings,
     MetricsLog,
@@ -42,279 +37,16 @@ from facetrack.model.training import (
     local_checkpoint,
     plot_loss,
 )
+from jobs.finetune_config import (
+    FinetuneConfig,
+    ScalingSettings,
+    deepspeed_base_config,
+    load_finetune_config,
+)
+from jobs.finetune_preprocess import preprocess
+from jobs.ray_session import connect
 
 log = logging.getLogger("facetrack.finetune")
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DEEPSPEED_CONFIGS = {"zero2": "deepspeed_zero2.json", "zero3": "deepspeed_zero3.json"}
-CACHE_FORMAT = 1
-
-
-@dataclass
-class DataSettings:
-    """Where the records are and how clips are preprocessed and cached."""
-
-    train: str = ""
-    """FDA-format records: a ``.json`` list or ``.jsonl`` file of ``{"id", "video", "caption"}``."""
-    video_root: str | None = None
-    """Base for relative ``video`` paths (default: the records file's folder)."""
-    templates: str | None = None
-    """A JSON list of instructions (default: the model's training instructions)."""
-    cache: str = ""
-    """Clip cache prefix, local or ``s3://`` (default: ``<storage_path>/cache``); shared across runs."""
-    num_frames: int = 0
-    """Frames per clip (0: the base model's ``num_frames``)."""
-    frame_size: int = 336
-    """Cached frames are shrunk so their longer side is at most this (0 keeps the decoded size)."""
-    jpeg_quality: int = 95
-    tracking: FaceTrackConfig = field(default_factory=FaceTrackConfig)
-    """The face tracking stage's settings (``video``, ``faces``, ``track``, ``select``)."""
-    preprocess_cpus: float = 1.0
-    """CPUs per preprocessing actor."""
-    preprocess_concurrency: int = 2
-    """Preprocessing actors at most."""
-
-    def __post_init__(self) -> None:
-        if self.num_frames < 0 or self.frame_size < 0:
-            raise ValueError("data.num_frames and data.frame_size must be >= 0")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError("data.jpeg_quality must be in 1..100")
-        if self.preprocess_cpus <= 0 or self.preprocess_concurrency < 1:
-            raise ValueError("data.preprocess_cpus must be > 0 and data.preprocess_concurrency >= 1")
-
-
-@dataclass
-class ScalingSettings:
-    """How many training workers and what each gets (also settable with --num-workers / --gpu)."""
-
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0
-    backend: str = "auto"
-    """Process group backend: ``auto`` (nccl with GPUs, gloo on CPU), ``nccl`` or ``gloo``."""
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ValueError("scaling.num_workers must be >= 1")
-        if self.backend not in ("auto", "nccl", "gloo"):
-            raise ValueError(f"scaling.backend must be auto, nccl or gloo, got {self.backend!r}")
-
-
-@dataclass
-class FinetuneConfig:
-    """A fine-tuning run."""
-
-    model: str = ""
-    """The base checkpoint (folder, ``s3://`` prefix or hub id), VideoLLaMA2 or FaceTrack-MM format."""
-    name: str = "facetrack-finetune"
-    """Run name: the run folder is ``<storage_path>/<name>``; a re-run with the same name resumes."""
-    storage_path: str = "out/finetune"
-    """Where runs, checkpoints and the clip cache go (local folder or ``s3://bucket/prefix``)."""
-    max_failures: int = 0
-    """Times Ray Train restarts failed workers from the latest checkpoint within one run."""
-    data: DataSettings = field(default_factory=DataSettings)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("model (the base checkpoint) is required")
-        if not self.data.train:
-            raise ValueError("data.train (the FDA-format records) is required")
-
-    @property
-    def storage_root(self) -> str:
-        """``storage_path`` as an absolute local path or a URI (``s3://``, ``gs://``, ...)."""
-        path = self.storage_path
-        return path if storage.is_remote(path) else os.path.abspath(path)
-
-    @property
-    def run_dir(self) -> str:
-        return storage.join(self.storage_root, self.name)
-
-    @property
-    def cache_dir(self) -> str:
-        if self.data.cache:
-            return self.data.cache if storage.is_remote(self.data.cache) else os.path.abspath(self.data.cache)
-        return storage.join(self.storage_root, "cache")
-
-
-def _absolute(path: str | None, must_exist: bool = False) -> str | None:
-    """A local relative path made absolute (Ray workers do not share the driver's working directory)."""
-    if not path or storage.is_remote(path) or os.path.isabs(path):
-        return path
-    if must_exist and not os.path.exists(path):
-        return path  # not a local path: a hub id
-    return os.path.abspath(path)
-
-
-def load_finetune_config(path: str | None, overrides: Sequence[str] = ()) -> FinetuneConfig:
-    """Build a :class:`FinetuneConfig` from a YAML file and ``key=value`` overrides.
-
-    Local relative paths (model, records, templates, cache, storage) are made absolute.
-    """
-    config = load_config(FinetuneConfig, path, overrides)
-    config.model = _absolute(config.model, must_exist=True) or config.model
-    config.data.train = _absolute(config.data.train) or config.data.train
-    config.data.video_root = _absolute(config.data.video_root)
-    config.data.templates = _absolute(config.data.templates)
-    config.data.cache = _absolute(config.data.cache) or ""
-    config.storage_path = _absolute(config.storage_path) or config.storage_path
-    return config
-
-
-def deepspeed_base_config(name: str) -> dict[str, Any]:
-    """The DeepSpeed JSON named by ``train.deepspeed``: a shipped one (zero2/zero3) or a path/URI."""
-    if name in DEEPSPEED_CONFIGS:
-        return json.loads((CONFIG_DIR / DEEPSPEED_CONFIGS[name]).read_text(encoding="utf-8"))
-    try:
-        return json.loads(storage.read_text(name))
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"train.deepspeed: no DeepSpeed config {name!r} (zero2, zero3 or a JSON path)"
-        ) from exc
-
-
-# ------------------------------------------------------------------------------------------ preprocessing
-
-
-class TrackAndCache:
-    """Ray Data actor: face-track one clip and cache its frames and crops (or reuse a cached clip)."""
-
-    def __init__(self, tracking: dict[str, Any], frame_size: int, jpeg_quality: int) -> None:
-        from facetrack.faces.stage import FaceTrackStage
-
-        self.stage = FaceTrackStage(load_config(FaceTrackConfig, None, base=tracking))
-        self.frame_size = frame_size
-        self.jpeg_quality = jpeg_quality
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        from facetrack.data import encode_clip, shrink_frames
-        from facetrack.types import Clip, VideoRef
-
-        sidecar = row["clip"][: -len(".npz")] + ".json"
-        try:
-            if storage.exists(sidecar) and storage.exists(row["clip"]):
-                return {**row, **json.loads(storage.read_text(sidecar)), "cached": True, "error": None}
-        except (storage.StorageError, ValueError):
-            pass  # unreadable sidecar: process the clip again
-        result = self.stage.process(VideoRef(id=row["id"], uri=row["video"]))
-        if result.error is not None:
-            missing = not _exists(row["video"])
-            return {
-                **row,
-                "error": result.error,
-                "reason": "video_not_found" if missing else "video_unreadable",
-            }
-        clip = result.to_clip()
-        clip = Clip(id=clip.id, frames=shrink_frames(clip.frames, self.frame_size), crops=clip.crops)
-        info = {
-            "n_frames": int(clip.frames.shape[0]),
-            "has_crops": clip.crops is not None,
-            "track_seconds": round(float(result.timings.get("total", 0.0)), 3),
-        }
-        try:
-            storage.write_bytes(row["clip"], encode_clip(clip, self.jpeg_quality, {"video": row["video"]}))
-            storage.write_text(sidecar, json.dumps(info))
-        except (storage.StorageError, OSError) as exc:
-            return {**row, "error": f"cannot write the clip cache: {exc}", "reason": "cache_write_error"}
-        return {**row, **info, "cached": False, "error": None}
-
-
-def _exists(uri: str) -> bool:
-    try:
-        return storage.exists(uri)
-    except storage.StorageError:
-        return False
-
-
-def preprocess(config: FinetuneConfig) -> dict[str, Any]:
-    """Read the records, track and cache every clip not cached yet, write the manifest.
-
-    Returns a summary with the manifest URI, counts of kept and dropped records by reason, and timings.
-    """
-    from facetrack.data import clip_key, read_records
-    from facetrack.model.training import TrainItem, model_num_frames
-
-    started = time.perf_counter()
-    records = read_records(config.data.train, config.data.video_root)
-    tracking = to_dict(config.data.tracking)
-    tracking["video"]["num_frames"] = config.data.num_frames or model_num_frames(config.model)
-    params = {
-        "format": CACHE_FORMAT,
-        "tracking": tracking,
-        "frame_size": config.data.frame_size,
-        "jpeg_quality": config.data.jpeg_quality,
-    }
-    clips = storage.join(config.cache_dir, "clips")
-    rows = [
-        {
-            "id": r.id,
-            "video": r.video,
-            "caption": r.caption,
-            "clip": storage.join(clips, clip_key(r.video, params) + ".npz"),
-        }
-        for r in records.records
-    ]
-    dropped = Counter(records.dropped)
-    examples = {k: list(v) for k, v in records.examples.items()}
-    total = len(records.records) + sum(records.dropped.values())
-    # The manifest is named after what it is made from (usable records and settings): a complete
-    # preprocessing of the same data is reused as it is.
-    key = clip_key(json.dumps({"rows": rows, "dropped": dict(records.dropped)}, sort_keys=True), params)
-    manifest = storage.join(config.cache_dir, "manifests", f"{key}.jsonl")
-    summary_uri = storage.join(config.cache_dir, "manifests", f"{key}.json")
-    if storage.exists(manifest) and storage.exists(summary_uri):
-        summary = {**json.loads(storage.read_text(summary_uri)), "reused": True}
-        summary["seconds"] = round(time.perf_counter() - started, 2)
-        storage.write_text(storage.join(config.run_dir, "preprocess.json"), json.dumps(summary, indent=2))
-        log.info("preprocessing of these records is complete: reusing %s", manifest)
-        return summary
-    log.info("preprocessing %d records (%s dropped) into %s", len(rows), dict(records.dropped), clips)
-    done: list[dict[str, Any]] = []
-    if rows:
-        dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), 64)).map(
-            TrackAndCache,
-            fn_constructor_kwargs={
-                "tracking": tracking,
-                "frame_size": config.data.frame_size,
-                "jpeg_quality": config.data.jpeg_quality,
-            },
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.data.preprocess_concurrency),
-            num_cpus=config.data.preprocess_cpus,
-        )
-        position = {r["id"]: i for i, r in enumerate(rows)}
-        done = sorted(dataset.take_all(), key=lambda r: position[r["id"]])
-    items = []
-    for row in done:
-        if row.get("error"):
-            reason = row.get("reason", "video_unreadable")
-            dropped[reason] += 1
-            if len(examples.setdefault(reason, [])) < 5:
-                examples[reason].append(f"{row['id']}: {row['error']}")
-            continue
-        items.append(
-            TrainItem(row["id"], row["caption"], row["clip"], int(row["n_frames"]), bool(row["has_crops"]))
-        )
-    summary = {
-        "manifest": manifest,
-        "records": total,
-        "usable": len(items),
-        "cached_before": sum(1 for r in done if r.get("cached")),
-        "tracked": sum(1 for r in done if not r.get("error") and not r.get("cached")),
-        "no_face": sum(1 for r in done if not r.get("error") and not r.get("has_crops")),
-        "dropped": dict(sorted(dropped.items())),
-        "dropped_examples": examples,
-        "reused": False,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    storage.write_text(manifest, "".join(json.dumps(it.to_dict()) + "\n" for it in items))
-    storage.write_text(summary_uri, json.dumps(summary, indent=2))
-    storage.write_text(storage.join(config.run_dir, "preprocess.json"), json.dumps(summary, indent=2))
-    return summary
-
 
 # --------------------------------------------------------------------------------------------- training
 
@@ -477,8 +209,7 @@ def train(config: FinetuneConfig, manifest: str) -> Any:
 def run(config: FinetuneConfig) -> dict[str, Any]:
     """Preprocess, train, plot, summarise. Returns the summary (also written to ``summary.json``)."""
     started = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+    connect()
     prep = preprocess(config)
     if prep["usable"] == 0:
         raise RuntimeError(f"no usable training clip (dropped: {prep['dropped']})")
@@ -543,8 +274,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     if args.preprocess_only:
-        if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+        connect()
         print(json.dumps(preprocess(config), indent=2))
         return 0
     summary = run(config)
