@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -442,18 +444,45 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"facetrack caption: {problem}", file=sys.stderr)
         return 2
     address = args.address or os.environ.get("RAY_ADDRESS")
+    embedded = not address and not ray.is_initialized()
     if address:
         ray.init(address=address)
-    elif not ray.is_initialized():
+    elif embedded:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+    on_main = threading.current_thread() is threading.main_thread()  # only the main thread takes signals
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)} if on_main else {}
     try:
-        summary = run(cfg)
+        summary = run(cfg)  # on a stop, the shard writer commits the finished rows as it exits
+    except Stopped as stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if embedded:
+            ray.shutdown()
+        rows = len(done_ids(cfg.out))
+        print(f"interrupted: {rows} rows written; run the same command to continue", file=sys.stderr)
+        return 128 + stop.signum
     except (storage.StorageError, FileNotFoundError, PermissionError, ValueError) as exc:
         # Nothing readable to caption, or an output that cannot be written: say so, no traceback.
         print(f"facetrack caption: {exc}", file=sys.stderr)
         return 2
+    finally:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is _stop:
+                signal.signal(sig, handler)
     print_summary(summary)
     return 0
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived: the run stops, keeping what it finished (a BaseException, like Ctrl-C)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
 
 
 if __name__ == "__main__":
