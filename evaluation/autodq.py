@@ -5,8 +5,9 @@ for entailment by the prediction (recall) and each predicted event for entailmen
 (precision). Only ``entailment`` counts as a hit; ``contradiction`` is counted and reported. Over a
 corpus, AutoDQ is the F1 of the mean precision and the mean recall.
 
-Items with an empty event list or a failed judge call are counted and listed, and excluded from the
-means (``empty="exclude"``) or scored 0 (``empty="zero"``), never silently given a score.
+An empty event list follows Tarsier's AutoDQ scripts: that side scores 1.0 in its own direction and the
+other direction still counts. A failed judge call is counted and listed, and scored 0 (``empty="zero"``,
+the default) or, only when asked, left out of the means (``empty="exclude"``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class AutoDQConfig:
     """How many events the judge extracts per caption, and how empty lists count."""
 
     max_events: int = 10
-    empty: EmptyPolicy = "exclude"
+    empty: EmptyPolicy = "zero"
 
     def __post_init__(self) -> None:
         if self.max_events < 1:
@@ -60,14 +61,15 @@ def score_item(
 ) -> AutoDQItem:
     """AutoDQ of one item from the events and their entailment labels."""
     item = AutoDQItem(id=item_id, pred_events=list(pred_events), ref_events=list(ref_events))
-    if not pred_events or not ref_events:
-        item.status = "empty_pred" if not pred_events else "empty_ref"
-        return item
     if len(pred_labels) != len(pred_events) or len(ref_labels) != len(ref_events):
         raise ValueError(f"{item_id}: one label per event is needed")
     item.pred_labels, item.ref_labels = list(pred_labels), list(ref_labels)
-    item.precision = sum(lab == "entailment" for lab in pred_labels) / len(pred_labels)
-    item.recall = sum(lab == "entailment" for lab in ref_labels) / len(ref_labels)
+    # Follows Tarsier's AutoDQ scripts: a side with no events scores 1.0 in its own direction and the
+    # other direction still counts, so saying nothing is paid for in recall (and vice versa).
+    item.precision = (
+        sum(lab == "entailment" for lab in pred_labels) / len(pred_labels) if pred_labels else 1.0
+    )
+    item.recall = sum(lab == "entailment" for lab in ref_labels) / len(ref_labels) if ref_labels else 1.0
     return item
 
 
@@ -79,10 +81,12 @@ def judge_item(
         pred_events = judge.ask("dq_events", {"caption": prediction, "max_events": config.max_events})
         ref_events = judge.ask("dq_events", {"caption": reference, "max_events": config.max_events})
         pred_events, ref_events = pred_events["events"], ref_events["events"]
-        if not pred_events or not ref_events:
-            return score_item(item_id, pred_events, ref_events, [], [])
-        pred_labels = judge.ask("dq_entailment", {"caption": reference, "events": pred_events})["labels"]
-        ref_labels = judge.ask("dq_entailment", {"caption": prediction, "events": ref_events})["labels"]
+        pred_labels: list[str] = []
+        ref_labels: list[str] = []
+        if pred_events:
+            pred_labels = judge.ask("dq_entailment", {"caption": reference, "events": pred_events})["labels"]
+        if ref_events:
+            ref_labels = judge.ask("dq_entailment", {"caption": prediction, "events": ref_events})["labels"]
         return score_item(item_id, pred_events, ref_events, pred_labels, ref_labels)
     except JudgeError as exc:
         return AutoDQItem(id=item_id, status="error", error=str(exc))

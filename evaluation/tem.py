@@ -12,7 +12,8 @@ reference event (and is not part of the LCS) takes ``opposite_penalty`` off ``L`
 contradicted reference event likewise for recall (clipped at 0).
 
 An item whose event list is empty, or whose judge call failed, is never silently scored: it is counted
-and listed by id, and left out of the means (``empty="exclude"``) or scored 0 (``empty="zero"``).
+and listed by id, and scored 0 (``empty="zero"``, the default: TEM never rewards saying nothing) or,
+only when asked, left out of the means (``empty="exclude"``; the report then says how many).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class TemConfig:
 
     opposite: OppositePolicy = "unrelated"
     opposite_penalty: float = 1.0
-    empty: EmptyPolicy = "exclude"
+    empty: EmptyPolicy = "zero"
 
     def __post_init__(self) -> None:
         if self.opposite_penalty < 0:

@@ -423,7 +423,7 @@ _PRONOUNS = {
 _WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)?|n't")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+|(?<=[.!?;])(?=[A-Z])")
 _CLAUSE_SPLIT = re.compile(
-    r",\s*(?:and|then|while|but|as|with)?\s*|\s+(?:and then|then|while|whereas|but)\s+", re.IGNORECASE
+    r",\s*(?:(?:and|then|while|but|as|with)\b)?\s*|\s+(?:and then|then|while|whereas|but)\s+", re.IGNORECASE
 )
 _AND_SPLIT = re.compile(r"\s+and\s+", re.IGNORECASE)
 

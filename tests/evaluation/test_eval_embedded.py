@@ -119,7 +119,15 @@ def test_empty_or_eventless_captions_are_reported_not_scored(embedded_judge) -> 
     )
     assert item.status == "empty_pred" and item.f1 is None
     result = tem.aggregate([item])
-    assert result["n_scored"] == 0 and result["empty_pred_ids"] == ["e"] and result["tem"] is None
+    assert result["n_scored"] == 1 and result["empty_pred_ids"] == ["e"] and result["tem"] == 0.0
+    excluded = tem.aggregate([item], tem.TemConfig(empty="exclude"))
+    assert excluded["n_scored"] == 0 and excluded["empty_pred_ids"] == ["e"] and excluded["tem"] is None
+
+
+def test_without_is_not_split_as_with(embedded_judge) -> None:
+    events = embedded_judge.ask("tem_events", {"caption": "He frowns, without any smile. Then he nods."})
+    assert "out any smile" not in events["events"]
+    assert events["events"][1] == "without any smile"
 
 
 def test_answers_are_deterministic_and_valid(embedded_judge, captions) -> None:
