@@ -163,7 +163,9 @@ def _read_manifest(source: str, exts: tuple[str, ...] | None, video_root: str | 
             inputs.duplicate_ids.append(vid)
             continue
         seen.add(vid)
-        if exts is not None and not video.lower().endswith(exts):
+        # A record with its own id was asked for by name: it gets a row whatever its extension (the decoder
+        # says whether it is a video); only id-less records are filtered by extension.
+        if exts is not None and "id" not in record and not video.lower().endswith(exts):
             inputs.skipped_extension += 1
             continue
         inputs.videos.append(VideoRef(id=vid, uri=resolve_video(video, base)))

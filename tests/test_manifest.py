@@ -70,3 +70,18 @@ def test_single_video_input(tmp_path):
     touch(tmp_path / "clip.mp4")
     inputs = read_inputs(str(tmp_path / "clip.mp4"))
     assert [(v.id, v.uri) for v in inputs.videos] == [("clip.mp4", str(tmp_path / "clip.mp4"))]
+
+
+def test_a_record_with_its_own_id_is_kept_whatever_its_extension(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        json.dumps({"id": "named", "video": "clip.webm"})
+        + "\n"
+        + json.dumps({"video": "other.webm"})
+        + "\n"
+        + json.dumps({"id": "plain", "video": "a.mp4"})
+        + "\n"
+    )
+    inputs = read_inputs(str(manifest), extensions=["mp4"])
+    assert [v.id for v in inputs.videos] == ["named", "plain"]
+    assert inputs.skipped_extension == 1 and inputs.errors == []
