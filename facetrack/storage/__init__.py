@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from facetrack.storage import retry
 from facetrack.storage.errors import (
     AccessDeniedError,
     NotFoundError,
@@ -41,12 +40,12 @@ from facetrack.storage.errors import (
     TransientStorageError,
     translate,
 )
+from facetrack.storage.remote import READ_CHUNK, RemoteReader, call, check_bucket, fs_path, object_path
 from facetrack.storage.retry import RetryPolicy
 from facetrack.storage.uris import (
     MULTIPART_CHUNK,
     SCHEMES,
     Uri,
-    bucket_of,
     filesystem,
     is_remote,
     is_s3,
@@ -84,8 +83,6 @@ __all__ = [
 ]
 
 TMP_SUFFIX = ".facetrack-tmp"  # in-progress local writes; skipped by list_uris
-_READ_CHUNK = 1024 * 1024
-_known_buckets: set[tuple[int, str, str]] = set()
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -102,122 +99,7 @@ def _local_errors(uri: Uri, op: str) -> Iterator[None]:
         raise translate(exc, os.fspath(uri), op) from exc
 
 
-def _fs(uri: str) -> tuple[Any, str]:
-    fs, path = filesystem(uri)
-    if is_s3(uri):
-        bucket, key = split_s3(uri)  # validates the bucket part
-        path = f"{bucket}/{key}" if key else bucket
-    return fs, path
-
-
-def _object(uri: str) -> tuple[Any, str]:
-    """Filesystem and path of a URI that must name an object (not a bucket or a folder)."""
-    fs, path = _fs(uri)
-    if "/" not in path.strip("/") and scheme_of(uri) != "memory" or path.endswith("/"):
-        raise StorageError(f"{uri}: not an object key (expected {scheme_of(uri)}://bucket/key)")
-    return fs, path
-
-
-def _call(op: str, uri: str, fn: Callable[[], Any]) -> Any:
-    bucket = bucket_of(uri) if is_s3(uri) else None
-    try:
-        return retry.call(op, uri, fn, bucket)
-    except NotFoundError:
-        _check_bucket(uri)
-        raise
-
-
-def _check_bucket(uri: str) -> None:
-    """Raise NotFoundError naming the bucket of an ``s3://`` URI when it does not exist (answers cached)."""
-    if not is_s3(uri):
-        return
-    bucket = bucket_of(uri)
-    known = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL", ""), bucket)
-    if known in _known_buckets:
-        return
-    fs, _ = filesystem(uri)
-    try:
-        retry.call("head bucket", uri, lambda: fs.call_s3("head_bucket", Bucket=bucket))
-    except NotFoundError:
-        raise NotFoundError(f"bucket '{bucket}' does not exist ({uri})") from None
-    _known_buckets.add(known)
-
-
 # ------------------------------------------------------------------------------------------- reads
-
-
-class _RemoteReader(io.RawIOBase):
-    """A seekable binary stream over one remote file that reopens at its offset after a lost connection.
-
-    The filesystem's own file object does the ranged reads (and, for S3, pins the object's ETag so a
-    reader never mixes two versions); this wrapper only spends the retry budget on transient failures.
-    """
-
-    def __init__(self, uri: str) -> None:
-        super().__init__()
-        self.name = uri
-        self._fs, self._path = _object(uri)
-        self._pos = 0
-        self._file: Any = None
-        self._file = _call("read", uri, self._open)
-        self.size: int = int(self._file.size)
-
-    def _open(self) -> Any:
-        handle = self._fs.open(self._path, "rb", block_size=4 * _READ_CHUNK)
-        if self._pos:
-            handle.seek(self._pos)
-        return handle
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._pos = base + offset
-        if self._file is not None:
-            self._file.seek(self._pos)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self._read_some(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def _read_some(self, limit: int) -> bytes:
-        if limit <= 0 or self._pos >= self.size:
-            return b""
-        backoff = retry.Backoff("read", self.name)
-        while True:
-            try:
-                if self._file is None:
-                    self._file = self._open()
-                data = self._file.read(limit)
-                if not data:
-                    raise ConnectionError(f"stream ended at byte {self._pos} of {self.size}")
-                self._pos += len(data)
-                return data
-            except Exception as exc:  # classified by wait_or_raise: retried or translated
-                self._drop()
-                backoff.wait_or_raise(exc)
-
-    def _drop(self) -> None:
-        handle, self._file = self._file, None
-        if handle is not None:
-            with contextlib.suppress(Exception):
-                handle.close()
-
-    def close(self) -> None:
-        self._drop()
-        super().close()
 
 
 def open_read(uri: Uri, mode: Literal["rb", "r"] = "rb", encoding: str = "utf-8") -> IO[Any]:
@@ -230,7 +112,7 @@ def open_read(uri: Uri, mode: Literal["rb", "r"] = "rb", encoding: str = "utf-8"
     if mode not in ("rb", "r"):
         raise ValueError(f"mode must be 'rb' or 'r', not {mode!r}")
     if is_remote(uri):
-        stream: IO[Any] = io.BufferedReader(_RemoteReader(os.fspath(uri)), buffer_size=_READ_CHUNK)
+        stream: IO[Any] = io.BufferedReader(RemoteReader(os.fspath(uri)), buffer_size=READ_CHUNK)
         return stream if mode == "rb" else io.TextIOWrapper(stream, encoding=encoding)
     with _local_errors(uri, "read"):
         path = local_path(uri)
@@ -240,8 +122,8 @@ def open_read(uri: Uri, mode: Literal["rb", "r"] = "rb", encoding: str = "utf-8"
 def read_bytes(uri: Uri) -> bytes:
     """The whole content of a file or object."""
     if is_remote(uri):
-        fs, path = _object(os.fspath(uri))
-        return _call("read", os.fspath(uri), lambda: fs.cat_file(path))
+        fs, path = object_path(os.fspath(uri))
+        return call("read", os.fspath(uri), lambda: fs.cat_file(path))
     with _local_errors(uri, "read"):
         return local_path(uri).read_bytes()
 
@@ -267,17 +149,17 @@ def exists(uri: Uri) -> bool:
         with _local_errors(uri, "stat"):
             return local_path(uri).exists()
     text = os.fspath(uri)
-    fs, path = _fs(text)
+    fs, path = fs_path(text)
     if is_s3(text) and "/" not in path:
         try:
-            _check_bucket(text)
+            check_bucket(text)
         except NotFoundError:
             return False
         return True
     try:
         if path.endswith("/"):
-            return bool(_call("list", text, lambda: fs.ls(path.rstrip("/"), detail=False)))
-        _call("stat", text, lambda: fs.info(path))
+            return bool(call("list", text, lambda: fs.ls(path.rstrip("/"), detail=False)))
+        call("stat", text, lambda: fs.info(path))
     except NotFoundError as exc:
         if "does not exist" in str(exc):  # the bucket: a configuration error, not a missing file
             raise
@@ -288,8 +170,8 @@ def exists(uri: Uri) -> bool:
 def size(uri: Uri) -> int:
     """Size in bytes of a file or object."""
     if is_remote(uri):
-        fs, path = _object(os.fspath(uri))
-        return int(_call("stat", os.fspath(uri), lambda: fs.size(path)))
+        fs, path = object_path(os.fspath(uri))
+        return int(call("stat", os.fspath(uri), lambda: fs.size(path)))
     with _local_errors(uri, "stat"):
         return local_path(uri).stat().st_size
 
@@ -330,14 +212,14 @@ def list_uris(prefix: Uri, suffixes: str | Iterable[str] | None = None) -> Itera
 
 
 def _list_remote(uri: str, keep: Callable[[str], bool]) -> list[str]:
-    fs, path = _fs(uri)
+    fs, path = fs_path(uri)
     scheme = scheme_of(uri)
     folder = path.rstrip("/")
-    found = _call("list", uri, lambda: fs.find(folder, withdirs=False)) if folder else []
+    found = call("list", uri, lambda: fs.find(folder, withdirs=False)) if folder else []
     if not folder:  # a whole bucket of the memory filesystem
-        found = _call("list", uri, lambda: fs.find("/", withdirs=False))
+        found = call("list", uri, lambda: fs.find("/", withdirs=False))
     if not found:
-        _check_bucket(uri)
+        check_bucket(uri)
     out = []
     for name in found:
         name = name.lstrip("/") if scheme != "memory" else name
@@ -352,9 +234,9 @@ def _list_remote(uri: str, keep: Callable[[str], bool]) -> list[str]:
 
 def _put(local: str, uri: str) -> None:
     """Upload a complete local file as one object; a failed multipart upload is aborted, never completed."""
-    fs, path = _object(uri)
+    fs, path = object_path(uri)
     extra = {"chunksize": MULTIPART_CHUNK} if is_s3(uri) else {}
-    _call("write", uri, lambda: fs.put_file(local, path, **extra))
+    call("write", uri, lambda: fs.put_file(local, path, **extra))
 
 
 @contextlib.contextmanager
@@ -373,7 +255,7 @@ def open_write(uri: Uri, mode: Literal["wb", "w"] = "wb", encoding: str = "utf-8
         raise ValueError(f"mode must be 'wb' or 'w', not {mode!r}")
     text_args: dict[str, Any] = {} if mode == "wb" else {"encoding": encoding, "newline": ""}
     if is_remote(uri):
-        _object(os.fspath(uri))
+        object_path(os.fspath(uri))
         with tempfile.NamedTemporaryFile(prefix="facetrack-upload-") as spool:
             with open(spool.name, mode, **text_args) as stream:
                 yield stream
@@ -443,12 +325,12 @@ def delete(uri: Uri, missing_ok: bool = True) -> None:
                     raise
         return
     text = os.fspath(uri)
-    fs, path = _object(text)
+    fs, path = object_path(text)
     if not missing_ok and not exists(text):
         raise NotFoundError(f"{text}: no such key")
-    _check_bucket(text)
+    check_bucket(text)
     try:
-        _call("delete", text, lambda: fs.rm_file(path))
+        call("delete", text, lambda: fs.rm_file(path))
     except NotFoundError:
         if not missing_ok:
             raise
@@ -480,8 +362,8 @@ def local_copy(uri: Uri, cache_dir: Uri | None = None) -> Path:
             raise NotFoundError(f"{os.fspath(uri)}: no such file or directory")
         return path
     text = os.fspath(uri)
-    fs, path = _object(text)
-    info = _call("stat", text, lambda: fs.info(path))
+    fs, path = object_path(text)
+    info = call("stat", text, lambda: fs.info(path))
     version = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("mtime") or "")
     nbytes = int(info.get("size") or 0)
     digest = hashlib.sha256(f"{text}\n{version}\n{nbytes}".encode()).hexdigest()[:32]
@@ -490,7 +372,7 @@ def local_copy(uri: Uri, cache_dir: Uri | None = None) -> Path:
     if target.is_file() and target.stat().st_size == nbytes:
         return target
     with open_read(text) as src, open_write(target) as out:
-        shutil.copyfileobj(src, out, _READ_CHUNK)
+        shutil.copyfileobj(src, out, READ_CHUNK)
     return target
 
 
@@ -503,5 +385,5 @@ def pyarrow_filesystem(uri: Uri) -> tuple[Any, str]:
         return None, str(local_path(uri).absolute())
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    fs, path = _fs(os.fspath(uri))
+    fs, path = fs_path(os.fspath(uri))
     return PyFileSystem(FSSpecHandler(fs)), path
