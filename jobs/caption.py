@@ -41,7 +41,7 @@ from facetrack.shards import (
     read_rows,
 )
 from facetrack.types import CaptionRow, VideoRef
-from jobs.caption_report import Progress, failure_reason, output_totals, print_summary
+from jobs.caption_report import Progress, failure_reason, output_totals, print_summary, should_retry
 
 log = logging.getLogger("facetrack.jobs.caption")
 
@@ -73,6 +73,9 @@ class CaptionJobConfig:
     batch_size: int = 8
     progress_seconds: float = 10.0
     limit: int | None = None
+    retry: Literal["transient", "all", "none"] = "transient"
+    """Which error rows of earlier runs are done again: transient ones (storage, timeouts, a dead worker,
+    out of memory), all, or none. Permanent ones belong to the input (not a video, empty, bad record)."""
     """Process at most this many not-yet-done videos (for trials)."""
     track: FaceTrackConfig = field(default_factory=FaceTrackConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
@@ -278,7 +281,9 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     stale = clean_stale_temp(cfg.out)
     if stale:
         log.info("caption: removed %d temporary shard files left by an earlier run", len(stale))
-    already = done_ids(cfg.out)
+    earlier = read_rows(cfg.out)
+    retried = {str(r["id"]) for r in earlier if r.get("error") and should_retry(str(r["error"]), cfg.retry)}
+    already = {str(r["id"]) for r in earlier} - retried
     todo = [v for v in inputs.videos if v.id not in already]
     input_errors = [e for e in inputs.errors if e.id not in already]
     skipped = len(inputs.videos) - len(todo) + (len(inputs.errors) - len(input_errors))
@@ -363,6 +368,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
             "failed": counts["failed"],
             "failed_by_reason": {k.split("/", 1)[1]: v for k, v in sorted(counts.items()) if "/" in k},
             "skipped_already_done": skipped,
+            "retried": sum(v.id in retried for v in todo) + sum(e.id in retried for e in input_errors),
             "skipped_extension": inputs.skipped_extension,
             "duplicate_ids": sorted(set(inputs.duplicate_ids)),
         },

@@ -18,6 +18,25 @@ from facetrack import storage
 log = logging.getLogger("facetrack.jobs.caption")
 
 
+_PERMANENT = re.compile(
+    r"^input: |not a readable video|empty file|no video stream|cannot decode the first frame|"
+    r"truncated or corrupt video|bad manifest record|caption: cannot read frames"
+)
+
+
+def is_transient(error: str) -> bool:
+    """Whether an error row's cause may pass (storage, timeouts, a worker that died, out of memory), rather
+    than belong to the input (not a video, an empty file, no video stream, a bad manifest record)."""
+    return not _PERMANENT.search(error)
+
+
+def should_retry(error: str, retry: str) -> bool:
+    """Whether a rerun with ``retry`` (``transient``, ``all`` or ``none``) does an error row again."""
+    if retry not in ("transient", "all", "none"):
+        raise ValueError(f"retry must be 'transient', 'all' or 'none', not {retry!r}")
+    return retry == "all" or (retry == "transient" and is_transient(error))
+
+
 def output_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What an output holds in total (every run so far): rows, done, failed and failed by reason."""
     reasons: Counter[str] = Counter()

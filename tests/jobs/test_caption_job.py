@@ -106,6 +106,32 @@ def test_manifest_bad_lines_are_error_rows(ray_local, archive, tiny_checkpoint, 
     assert rows["missing"]["error"] and rows["missing"]["caption"] is None
     assert summary["counts"]["done"] == 1 and summary["counts"]["failed"] == 2
     assert all(u.endswith(".parquet") for u in shards.list_shards(out))
+    # A rerun does the transient failure again (the missing file may appear), never the bad record.
+    again = run(job_config(str(manifest), out, tiny_checkpoint, ["sheets=false", "format=parquet"]))
+    assert again["counts"]["retried"] == 1 and again["counts"]["skipped_already_done"] == 2
+    check_rows(out, ["a", "m.jsonl:2", "missing"])
+    assert again["output"] == {**summary["output"], "rows": 3}
+    none = run(job_config(str(manifest), out, tiny_checkpoint, ["sheets=false", "retry=none"]))
+    assert none["counts"]["retried"] == 0 and none["counts"]["skipped_already_done"] == 3
+
+
+def test_failures_are_classified_permanent_or_transient():
+    from jobs.caption_report import is_transient, should_retry
+
+    permanent = [
+        "input: bad manifest record m.jsonl:2: needs a 'video' string",
+        "track: x.mp4: not a readable video (Invalid data found)",
+        "track: x.mp4: empty file",
+    ]
+    transient = [
+        "track: StorageError: s3://b/x.mp4: connection refused",
+        "caption: OutOfMemoryError: CUDA out of memory",
+        "track: TimeoutError: read timed out",
+    ]
+    assert [is_transient(e) for e in permanent + transient] == [False] * 3 + [True] * 3
+    assert should_retry(permanent[0], "all") and not should_retry(transient[0], "none")
+    with pytest.raises(ValueError, match="retry must be"):
+        should_retry(transient[0], "sometimes")
 
 
 def test_killed_driver_then_rerun_gives_every_id_once(archive, tiny_checkpoint, tmp_path):
