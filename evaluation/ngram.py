@@ -13,6 +13,7 @@ tokenizer by default, or by pycocoevalcap's PTB tokenizer (``tokenizer="ptb"``, 
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Mapping
 from typing import Literal
 
@@ -28,13 +29,30 @@ def tokenize(text: str) -> str:
     return " ".join(_WORD.findall(text.lower().replace("’", "'")))
 
 
+def require_ptb() -> None:
+    """Check that the PTB tokenizer can run (pycocoevalcap installed, ``java`` on PATH).
+
+    Raises:
+        ImportError: pycocoevalcap is missing.
+        ValueError: no ``java`` on PATH (one line, instead of the tokenizer's own traceback).
+    """
+    try:
+        import pycocoevalcap.tokenizer.ptbtokenizer  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"the PTB tokenizer needs pycocoevalcap: {EVAL_INSTALL}") from exc
+    if shutil.which("java") is None:
+        raise ValueError(
+            "tokenizer=ptb runs Stanford's PTB tokenizer, which needs Java: no 'java' on PATH "
+            "(install a Java runtime, or use tokenizer=simple)"
+        )
+
+
 def _tokenize_all(texts: Mapping[str, str], tokenizer: Tokenizer) -> dict[str, str]:
     if tokenizer == "simple":
         return {k: tokenize(v) for k, v in texts.items()}
-    try:
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-    except ImportError as exc:
-        raise ImportError(f"the PTB tokenizer needs pycocoevalcap: {EVAL_INSTALL}") from exc
+    require_ptb()
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
     out = PTBTokenizer().tokenize({k: [{"caption": v}] for k, v in texts.items()})
     return {k: v[0] for k, v in out.items()}
 

@@ -280,6 +280,8 @@ def evaluate(
     from evaluation.report import write_reports
 
     start = time.perf_counter()
+    if config.tokenizer == "ptb" and {"cider", "rouge_l"} & set(config.metrics):
+        ngram.require_ptb()  # before any judge call, not after them
     cached = open_judge(config, out_uri, judge)
     try:
         results = judge_items(pairing.items, cached, config, progress=progress)
