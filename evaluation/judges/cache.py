@@ -138,6 +138,18 @@ class JudgeCache:
                 self._file = None
 
 
+SAMPLING_KEYS = ("model", "temperature", "max_tokens", "max_new_tokens", "do_sample", "top_p")
+"""What of a judge's ``describe()`` changes its answers, so goes into the cache key with its name."""
+
+
+def judge_identity(judge: Judge) -> str:
+    """The judge's name plus its model and sampling parameters, as the cache keys see it."""
+    describe = getattr(judge, "describe", None)
+    info = describe() if callable(describe) else {}
+    params = {k: info[k] for k in SAMPLING_KEYS if k in info}
+    return judge.name + (_canonical(params) if params else "")
+
+
 class CachedJudge:
     """A judge in front of a cache: answers found in the cache cost no call; counts calls and hits.
 
@@ -149,6 +161,7 @@ class CachedJudge:
         self.judge = judge
         self.cache = cache
         self.name = judge.name
+        self.key_name = judge_identity(judge)
         self.approximate = judge.approximate
         self.max_concurrency = judge.max_concurrency
         self.stats: dict[str, dict[str, int]] = {}
@@ -163,7 +176,7 @@ class CachedJudge:
             counts[what] += 1
 
     def ask(self, stage: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        key = cache_key(self.name, self.judge.stage_version(stage), stage, inputs)
+        key = cache_key(self.key_name, self.judge.stage_version(stage), stage, inputs)
         if self.cache is not None:
             cached = self.cache.get(key)
             if cached is not None:

@@ -95,6 +95,7 @@ class OpenAIChat:
             "max_concurrency": self.max_concurrency,
             "timeout_s": self.config.timeout_s,
             "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
         }
 
     def _headers(self) -> dict[str, str]:

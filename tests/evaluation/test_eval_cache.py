@@ -157,3 +157,21 @@ def test_concurrent_items_keep_their_order_and_results(tmp_path: Path) -> None:
     assert parallel_judge.totals()["calls"] == 24
     lines = [json.loads(line) for f in tmp_path.glob("*.jsonl") for line in f.read_text().splitlines()]
     assert len(lines) == 24 and {line["stage"] for line in lines} == {"tem_events", "tem_relations"}
+
+
+def test_cache_key_includes_model_and_sampling_parameters(tmp_path) -> None:
+
+
+    class Sampled(ScriptedJudge):
+        def __init__(self, temperature: float) -> None:
+            super().__init__(events={"c": ["he smiles"]})
+            self.temperature = temperature
+
+        def describe(self) -> dict:
+            return {"model": "m", "temperature": self.temperature, "max_tokens": 64}
+
+    cache = JudgeCache(str(tmp_path / "cache"))
+    first, same, other = Sampled(0.0), Sampled(0.0), Sampled(0.7)
+    for judge in (first, same, other):
+        CachedJudge(judge, cache).ask("tem_events", {"caption": "c"})
+    assert (first.count(), same.count(), other.count()) == (1, 0, 1)
