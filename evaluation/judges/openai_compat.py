@@ -24,6 +24,8 @@ from evaluation.judges.base import JudgeError
 log = logging.getLogger(__name__)
 
 BASE_URL_ENV = "FACETRACK_JUDGE_BASE_URL"
+OPENAI_BASE_URL_ENV = "OPENAI_BASE_URL"
+"""The ``openai`` client's own variable, used when neither the setting nor ours is given."""
 MODEL_ENV = "FACETRACK_JUDGE_MODEL"
 
 
@@ -69,10 +71,14 @@ class OpenAIChat:
     def __init__(self, config: OpenAIJudgeConfig | None = None) -> None:
         config = config or OpenAIJudgeConfig()
         self.config = config
-        self.base_url = (config.base_url or os.environ.get(BASE_URL_ENV, "")).rstrip("/")
+        self.base_url = (
+            config.base_url or os.environ.get(BASE_URL_ENV, "") or os.environ.get(OPENAI_BASE_URL_ENV, "")
+        ).rstrip("/")
         self.model = config.model or os.environ.get(MODEL_ENV, "")
         if not self.base_url:
-            raise ValueError(f"openai judge: set judge.openai.base_url or {BASE_URL_ENV}")
+            raise ValueError(
+                f"openai judge: set judge.openai.base_url, {BASE_URL_ENV} or {OPENAI_BASE_URL_ENV}"
+            )
         if not self.model:
             raise ValueError(f"openai judge: set judge.openai.model or {MODEL_ENV}")
         if not self.base_url.startswith(("http://", "https://")):

@@ -240,8 +240,21 @@ def test_api_key_comes_from_the_environment(llm: FakeLLM, monkeypatch: pytest.Mo
 
 def test_missing_endpoint_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FACETRACK_JUDGE_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(ValueError, match="base_url"):
         build_judge(JudgeConfig(kind="openai", openai=OpenAIJudgeConfig(model="m")))
+
+
+def test_openai_base_url_is_honoured_and_our_settings_override_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evaluation.judges.openai_compat import OpenAIChat
+
+    monkeypatch.delenv("FACETRACK_JUDGE_BASE_URL", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/")
+    assert OpenAIChat(OpenAIJudgeConfig(model="m")).url == "http://127.0.0.1:9/v1/chat/completions"
+    monkeypatch.setenv("FACETRACK_JUDGE_BASE_URL", "http://127.0.0.1:8/v1")
+    assert OpenAIChat(OpenAIJudgeConfig(model="m")).base_url == "http://127.0.0.1:8/v1"
+    setting = OpenAIJudgeConfig(model="m", base_url="http://127.0.0.1:7/v1")
+    assert OpenAIChat(setting).base_url == "http://127.0.0.1:7/v1"
 
 
 def test_an_unreachable_endpoint_fails_cleanly() -> None:
