@@ -53,6 +53,23 @@ def _unscored_lines(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _count_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """Scored / failed / excluded counts of every judged metric, shown right under the main table."""
+    parts = []
+    for key, label in (("tem", "TEM"), ("autodq", "AutoDQ")):
+        m = metrics.get(key)
+        if m and "n_items" in m:
+            excluded = m["n_items"] - m["n_scored"]
+            failed = m.get("n_failed", 0)
+            parts.append(f"{label} {m['n_scored']} scored / {failed} failed / {excluded} excluded")
+    v = metrics.get("vcgpt")
+    if v:
+        scored = min((int(v[k]) for k in v if k.startswith("n_scored_")), default=0)
+        failed = max((len(v[k]) for k in v if k.startswith("failed_ids_")), default=0)
+        parts.append(f"VideoChatGPT {scored} scored / {failed} failed / 0 excluded (fewest over criteria)")
+    return ["", "Counts: " + "; ".join(parts) + "."] if parts else []
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The human-readable report: the table in the paper's columns, then details and counts."""
     judge = report.get("judge", {})
@@ -95,6 +112,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for prow in published["rows"]:
             cells = " | ".join(_fmt(prow.get(c)) for c in COLUMNS)
             lines.append(f"| {prow['model']} (paper) | {cells} |")
+    lines += _count_lines(metrics)
     lines += [
         "",
         "Correctness, Detail, Context and Temporal are VideoChatGPT scores (0-5); CIDEr is pycocoevalcap's "

@@ -262,3 +262,15 @@ def test_facetrack_tem_reports_bad_input(tmp_path: Path, capsys) -> None:
 
 def test_items_carry_video_paths() -> None:
     assert Item(id="1", prediction="p", reference="r", video="v.mp4").video == "v.mp4"
+
+
+def test_main_table_shows_scored_failed_excluded_counts() -> None:
+    from evaluation.report import _count_lines
+
+    metrics = {
+        "tem": {"n_items": 5, "n_scored": 3, "n_failed": 1},
+        "vcgpt": {"n_items": 5, "n_scored_detail": 4, "failed_ids_detail": ["x"], "n_scored_context": 5},
+    }
+    text = "\n".join(_count_lines(metrics))
+    assert "TEM 3 scored / 1 failed / 2 excluded" in text
+    assert "VideoChatGPT 4 scored / 1 failed" in text
