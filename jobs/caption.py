@@ -42,6 +42,7 @@ from facetrack.shards import (
 )
 from facetrack.types import CaptionRow, VideoRef
 from jobs.caption_report import Progress, failure_reason, output_totals, print_summary, should_retry
+from jobs.ray_session import connect
 
 log = logging.getLogger("facetrack.jobs.caption")
 
@@ -328,14 +329,14 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
                     "sheets": cfg.sheets,
                     "frame_size": cfg.frame_size,
                 },
-                concurrency=(1, track_workers),
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=track_workers),
                 num_cpus=cfg.cpus_per_task,
             )
             ds = ds.map_batches(
                 CaptionActor,
                 fn_constructor_kwargs={"config": to_dict(cfg.captioner)},
                 batch_size=cfg.batch_size,
-                concurrency=max(1, cfg.actors),
+                compute=ray.data.ActorPoolStrategy(size=max(1, cfg.actors)),
                 num_gpus=gpus,
                 num_cpus=cfg.cpus_per_actor,
                 batch_format="numpy",
@@ -451,10 +452,7 @@ def run_cli(args: argparse.Namespace) -> int:
         return 2
     address = args.address or os.environ.get("RAY_ADDRESS")
     embedded = not address and not ray.is_initialized()
-    if address:
-        ray.init(address=address)
-    elif embedded:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+    connect(address, args.num_cpus)
     on_main = threading.current_thread() is threading.main_thread()  # only the main thread takes signals
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)} if on_main else {}
     try:

@@ -15,6 +15,7 @@ import sys
 import ray
 
 _VERBOSE_ENV = "FACETRACK_VERBOSE"
+_AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def verbose() -> bool:
@@ -25,8 +26,8 @@ def verbose() -> bool:
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), or start an embedded Ray on this machine.
 
-    The embedded Ray keeps Ray's default token authentication, asked for explicitly so that Ray does not
-    announce it at every start. Nothing happens when Ray is already initialised.
+    The embedded Ray keeps Ray's default token authentication, without Ray's notice of it at every
+    start. Nothing happens when Ray is already initialised.
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
     level = logging.INFO if verbose() else logging.WARNING
@@ -34,17 +35,21 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         if address:
             ray.init(address=address, logging_level=level)
         else:
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
+            if not verbose():  # the notice that token auth is on, printed at every embedded start
+                logging.getLogger(_AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
             ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=level)
     quiet_data()
 
 
 def quiet_data() -> None:
-    """Ray Data on the driver: progress bars only on a terminal, execution plans only when verbose."""
+    """Ray Data on the driver: its bars on a terminal; no execution plans, nor progress logged as text
+    when the output is not a terminal (the job's own progress line stands in for it)."""
     if verbose():
         return
     from ray.data import DataContext
 
     context = DataContext.get_current()
-    context.enable_progress_bars = sys.stderr.isatty() and sys.stdout.isatty()
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    context.print_on_execution_start = False
+    context.enable_progress_bars = sys.stdout.isatty()
+    # Without bars Ray Data says once that they are off; the job's own progress line is there instead.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
