@@ -136,6 +136,7 @@ def test_dry_run_prints_a_shell_quoted_ray_job_submit_line(capsys):
 
 
 def test_environment_pass_through_survives_a_runtime_env_file(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)  # the session's S3 server may have set it
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://s3.internal:9000")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
