@@ -18,7 +18,7 @@ from evaluation.published import COLUMNS, load_published, midpoint
 
 if TYPE_CHECKING:
     from evaluation.data import Pairing
-    from evaluation.pipeline import EvalConfig, ItemResult
+    from evaluation.results import EvalConfig, ItemResult
 
 REPORT_FILES = ("report.json", "report.md", "items.csv", "tem_plot.png")
 _MAX_IDS_IN_MD = 20

@@ -185,7 +185,7 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``facetrack benchmark`` / ``python -m jobs.benchmark``: parse, connect to Ray, run, print a summary."""
-    from facetrack.commands.benchmark import ALL_METRICS
+    from evaluation.results import ALL_METRICS
     from facetrack.commands.tem import eval_config_from_args, print_table
 
     if bool(args.pred) == bool(args.caption_model):

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import argparse
 
+from evaluation.results import ALL_METRICS
 from facetrack.commands.tem import add_eval_arguments
-
-ALL_METRICS = ("tem", "autodq", "cider", "rouge_l", "vcgpt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

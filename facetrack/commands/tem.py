@@ -72,7 +72,8 @@ def eval_config_from_args(args: argparse.Namespace, default_metrics: tuple[str, 
     Raises:
         ConfigError: unknown key or wrong type, naming where it came from.
     """
-    from evaluation.pipeline import ALL_METRICS, EvalConfig
+    from evaluation.pipeline import EvalConfig
+    from evaluation.results import ALL_METRICS
     from facetrack.config import load_config, read_yaml
 
     data: dict[str, Any] = {"metrics": list(default_metrics)}
