@@ -65,12 +65,19 @@ class CaptionJobConfig:
     """Model frames are resized so their longer side is this many pixels before they travel to actors."""
     cpus_per_task: float = 1.0
     """CPUs of each decode + tracking worker."""
+    track_gpus_per_worker: float | None = None
+    """GPU share of each decode + tracking worker; ``None``: 0.25 when the cluster has GPUs and the face
+    backend is insightface (its detector then runs on CUDA), else 0."""
+    track_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each decode + tracking worker requires (e.g. ``{tracking: 1}``)."""
     track_workers: int | None = None
     """Most decode + tracking workers at once (the pool grows to it); ``None``: the cluster's CPUs."""
     actors: int = 1
     gpus_per_actor: float | None = None
     """GPUs per captioning actor; ``None`` means 1 when the cluster has GPUs, else 0 (CPU actors)."""
     cpus_per_actor: float = 1.0
+    actor_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each captioning actor requires (e.g. ``{caption_gpu: 1}``)."""
     batch_size: int = 8
     progress_seconds: float = 10.0
     limit: int | None = None
@@ -302,9 +309,13 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     track_workers = cfg.track_workers or max(
         1, int(ray.cluster_resources().get("CPU", 1) // cfg.cpus_per_task)
     )
+    cluster_gpus = ray.cluster_resources().get("GPU", 0) > 0
     gpus = cfg.gpus_per_actor
     if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        gpus = 1.0 if cluster_gpus else 0.0
+    track_gpus = cfg.track_gpus_per_worker
+    if track_gpus is None:
+        track_gpus = 0.25 if cluster_gpus and cfg.track.faces.backend == "insightface" else 0.0
     prompt = cfg.captioner.prompt or benchmark_instruction()
 
     counts: Counter[str] = Counter()
@@ -331,6 +342,8 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
                 },
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=track_workers),
                 num_cpus=cfg.cpus_per_task,
+                num_gpus=track_gpus,
+                **_resources(cfg.track_resources),
             )
             ds = ds.map_batches(
                 CaptionActor,
@@ -339,6 +352,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
                 compute=ray.data.ActorPoolStrategy(size=max(1, cfg.actors)),
                 num_gpus=gpus,
                 num_cpus=cfg.cpus_per_actor,
+                **_resources(cfg.actor_resources),
                 batch_format="numpy",
             )
             for row in ds.iter_rows():
@@ -385,6 +399,11 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     storage.write_text(storage.join(cfg.out, "runs", f"{run_id}.json"), text)
     storage.write_text(storage.join(cfg.out, "summary.json"), text)
     return summary
+
+
+def _resources(custom: dict[str, float]) -> dict[str, Any]:
+    """Ray remote arguments for custom resources (none when there are none)."""
+    return {"resources": dict(custom)} if custom else {}
 
 
 def _input_error_row(err: InputError, model: str, prompt: str) -> dict[str, Any]:
