@@ -2,8 +2,11 @@
 
 Two sets of frames are taken from every video:
 
-* the **model frames**: ``T`` frames (16 by default) at the mid-points of ``T`` equal segments of the
-  video's duration; a clip shorter than ``T`` frames repeats frames so there are always ``T``;
+* the **model frames**: ``T`` frames (16 by default), by default the frames VideoLLaMA2 takes: source frame
+  numbers ``round((N - 1) / T * (i + 0.5))`` for ``i = 0..T-1`` of a video of ``N`` frames
+  (:func:`videollama2_frame_indices`); ``model_sampling: time`` takes the frames on screen at the
+  mid-points of ``T`` equal segments of the duration instead. A clip shorter than ``T`` frames repeats
+  frames so there are always ``T``;
 * the **tracking frames**: the video resampled to ``tracking_fps`` (16 by default; never more frames than
   the source has). When that would be more than ``max_tracking_frames``, that many frames evenly spaced
   over the video are taken instead, so a long video costs a bounded number of detections.
@@ -59,7 +62,10 @@ class VideoConfig:
     """How frames are sampled and decoded."""
 
     num_frames: int = 16
-    """T, the number of model frames (mid-points of T equal segments)."""
+    """T, the number of model frames."""
+    model_sampling: Literal["index", "time"] = "index"
+    """``index``: VideoLLaMA2's frame numbers ``round((N - 1) / T * (i + 0.5))``; ``time``: the frames on
+    screen at the mid-points of T equal segments of the duration."""
     tracking_fps: float = 16.0
     """Rate of the tracking frames (capped by the source's own frame rate)."""
     max_tracking_frames: int = 256
@@ -80,6 +86,8 @@ class VideoConfig:
             raise ValueError("max_tracking_frames must be at least 1")
         if self.threads < 0:
             raise ValueError("threads must be 0 (decoder default) or more")
+        if self.model_sampling not in ("index", "time"):
+            raise ValueError(f"model_sampling must be 'index' or 'time', got {self.model_sampling!r}")
 
 
 @dataclass(slots=True)
@@ -121,6 +129,8 @@ class SamplePlan:
     tracking_times: np.ndarray
     tracking_fps: float
     """Effective rate of the tracking frames (lower when the cap applies)."""
+    model_indices: np.ndarray | None = None
+    """The source frame numbers the model frames were planned from (``index`` sampling), else ``None``."""
 
     def all_times(self) -> tuple[np.ndarray, np.ndarray]:
         """Sorted unique sample times and, per model/tracking slot, its position in them."""
@@ -129,15 +139,40 @@ class SamplePlan:
         return unique, inverse
 
 
+def videollama2_frame_indices(num_frames_in_video: int, num_frames: int) -> np.ndarray:
+    """The frame numbers VideoLLaMA2 samples: the middle of each of ``num_frames`` segments of ``[0, N-1]``.
+
+    Its own arithmetic (``frame_sample`` in its ``mm_utils.py``): segment ``(N - 1) / T``, middle
+    ``(start + end) / 2``, rounded half up after adding 1e-6. Indices repeat when ``N < T``.
+    """
+    if num_frames_in_video < 1:
+        raise ValueError("a video has at least one frame")
+    if num_frames < 1:
+        raise ValueError("num_frames must be at least 1")
+    seg_size = float(num_frames_in_video - 1) / num_frames
+    mids = [(seg_size * i + seg_size * (i + 1)) / 2 for i in range(num_frames)]
+    return np.round(np.array(mids) + 1e-6).astype(int)
+
+
 def plan_samples(duration: float, fps: float, num_frames_in_video: int, config: VideoConfig) -> SamplePlan:
     """Choose the model and tracking sample times for a video of ``duration`` seconds.
+
+    With ``index`` sampling the model frames are :func:`videollama2_frame_indices` of the video's
+    ``num_frames_in_video`` frames, each sampled at the middle of its frame interval (``(k + 0.5) / N`` of
+    the duration), so a constant frame rate video gives exactly those frames.
 
     The tracking rate is ``min(tracking_fps, fps)`` so a low frame rate source is not oversampled; past
     ``max_tracking_frames`` the tracking times are that many segment mid-points over the whole video.
     """
     duration = max(float(duration), 1e-6)
     t = config.num_frames
-    model_times = (np.arange(t, dtype=np.float64) + 0.5) * duration / t
+    model_indices = None
+    if config.model_sampling == "index":
+        n = max(1, int(num_frames_in_video))
+        model_indices = videollama2_frame_indices(n, t)
+        model_times = (model_indices.astype(np.float64) + 0.5) * duration / n
+    else:
+        model_times = (np.arange(t, dtype=np.float64) + 0.5) * duration / t
     rate = min(config.tracking_fps, fps) if fps > 0 else config.tracking_fps
     count = max(1, int(math.ceil(duration * rate - 1e-6)))
     count = min(count, max(1, num_frames_in_video))
@@ -147,7 +182,12 @@ def plan_samples(duration: float, fps: float, num_frames_in_video: int, config: 
         rate = count / duration
     else:
         tracking_times = np.arange(count, dtype=np.float64) / rate
-    return SamplePlan(model_times=model_times, tracking_times=tracking_times, tracking_fps=float(rate))
+    return SamplePlan(
+        model_times=model_times,
+        tracking_times=tracking_times,
+        tracking_fps=float(rate),
+        model_indices=model_indices,
+    )
 
 
 def _display_index(frame_times: np.ndarray, times: np.ndarray) -> np.ndarray:

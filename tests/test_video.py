@@ -18,6 +18,7 @@ from facetrack.video import (  # noqa: E402
     plan_samples,
     sample_frames,
     stream_samples,
+    videollama2_frame_indices,
 )
 
 W, H = 64, 48
@@ -51,9 +52,46 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_coded(tmp_path_factory.mktemp("video") / "coded.mp4", 100)
 
 
-def test_plan_model_frames_are_segment_midpoints() -> None:
+def reference_indices(n: int, t: int) -> list[int]:
+    """VideoLLaMA2's rule written out: middle of each of t segments of [0, n-1], rounded half up."""
+    return [int(np.floor((n - 1) / t * (i + 0.5) + 0.5 + 1e-6)) for i in range(t)]
+
+
+@pytest.mark.parametrize(
+    ("n", "t", "expected"),
+    [
+        (100, 8, [6, 19, 31, 43, 56, 68, 80, 93]),
+        (100, 4, [12, 37, 62, 87]),
+        (17, 16, list(range(1, 17))),  # every middle is a half: rounded up, not to even
+        (33, 8, [2, 6, 10, 14, 18, 22, 26, 30]),
+        (9, 4, [1, 3, 5, 7]),
+        (2, 4, [0, 0, 1, 1]),
+        (1, 3, [0, 0, 0]),
+    ],
+)
+def test_videollama2_frame_indices(n: int, t: int, expected: list[int]) -> None:
+    assert videollama2_frame_indices(n, t).tolist() == expected
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 99, 100, 101, 250, 1001, 7919])
+@pytest.mark.parametrize("t", [1, 4, 8, 16, 32])
+def test_videollama2_frame_indices_follow_the_rule(n: int, t: int) -> None:
+    got = videollama2_frame_indices(n, t)
+    assert got.tolist() == reference_indices(n, t)
+    assert got.min() >= 0 and got.max() <= n - 1 and np.all(np.diff(got) >= 0)
+
+
+def test_plan_model_frames_by_index_by_default() -> None:
     plan = plan_samples(4.0, 25.0, 100, VideoConfig(num_frames=16))
+    assert plan.model_indices.tolist() == reference_indices(100, 16)
+    # Each index is sampled in the middle of its frame's interval.
+    assert np.allclose(plan.model_times, (np.array(reference_indices(100, 16)) + 0.5) / 25.0)
+
+
+def test_plan_model_frames_by_time_are_segment_midpoints() -> None:
+    plan = plan_samples(4.0, 25.0, 100, VideoConfig(num_frames=16, model_sampling="time"))
     assert np.allclose(plan.model_times, (np.arange(16) + 0.5) * 4.0 / 16)
+    assert plan.model_indices is None
 
 
 def test_plan_tracking_frames_at_16_fps() -> None:
@@ -82,7 +120,8 @@ def test_sampled_frames_are_the_expected_source_frames(clip: Path, backend: str)
     if backend == "decord":
         pytest.importorskip("decord")
     model, tracking = sample_frames(clip, VideoConfig(backend=backend))
-    expected_model = [int((i + 0.5) * 100 / 16) for i in range(16)]
+    expected_model = reference_indices(100, 16)
+    assert expected_model != [int((i + 0.5) * 100 / 16) for i in range(16)]  # not the same as by time
     assert model.images.shape == (16, H, W, 3)
     assert [frame_number(f) for f in model.images] == expected_model
     assert model.indices == expected_model
@@ -91,6 +130,24 @@ def test_sampled_frames_are_the_expected_source_frames(clip: Path, backend: str)
     expected_tracking = [int(k / 16 * 25 + 1e-6) for k in range(64)]
     assert [frame_number(f) for f in tracking.images] == expected_tracking
     assert np.allclose(tracking.timestamps, np.array(expected_tracking) / 25.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("t", [8, 16])
+def test_time_sampling_takes_the_frames_on_screen_at_segment_midpoints(clip: Path, t: int) -> None:
+    model, _ = sample_frames(clip, VideoConfig(num_frames=t, model_sampling="time"))
+    expected = [int((i + 0.5) * 100 / t) for i in range(t)]
+    assert [frame_number(f) for f in model.images] == expected == model.indices
+
+
+@pytest.mark.parametrize(("n", "t"), [(100, 8), (100, 32), (37, 16), (10, 16)])
+def test_model_frames_are_videollama2s_frames(tmp_path: Path, n: int, t: int) -> None:
+    path = clip_of(tmp_path, n)
+    model, _ = sample_frames(path, VideoConfig(num_frames=t))
+    assert [frame_number(f) for f in model.images] == reference_indices(n, t) == model.indices
+
+
+def clip_of(tmp_path: Path, n: int) -> Path:
+    return write_coded(tmp_path / f"coded{n}.mp4", n)
 
 
 def test_decord_and_pyav_agree(clip: Path) -> None:
