@@ -29,14 +29,10 @@ from typing import Any
 from facetrack import storage
 from facetrack.commands.finetune import add_arguments
 from facetrack.config import ConfigError, load_config, to_dict
-from facetrack.model.training import (
-    LoraSettings,
-    MetricsLog,
-    TrainSettings,
-    latest_checkpoint,
-    local_checkpoint,
-    plot_loss,
-)
+from facetrack.model.lora import LoraSettings
+from facetrack.model.run_checkpoints import latest_checkpoint, local_checkpoint
+from facetrack.model.train_metrics import MetricsLog, plot_loss
+from facetrack.model.train_settings import TrainSettings
 from jobs.finetune_config import (
     FinetuneConfig,
     ScalingSettings,
@@ -67,7 +63,9 @@ def train_loop(loop: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from facetrack.model.training import FinetuneSession, TrainItem, write_json
+    from facetrack.model.examples import TrainItem
+    from facetrack.model.run_checkpoints import write_json
+    from facetrack.model.session import FinetuneSession
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     context = ray.train.get_context()

@@ -12,7 +12,8 @@ from typing import Any
 from facetrack import storage
 from facetrack.config import ConfigError, load_config
 from facetrack.faces.stage import FaceTrackConfig
-from facetrack.model.training import LoraSettings, TrainSettings
+from facetrack.model.lora import LoraSettings
+from facetrack.model.train_settings import TrainSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEEPSPEED_CONFIGS = {"zero2": "deepspeed_zero2.json", "zero3": "deepspeed_zero3.json"}

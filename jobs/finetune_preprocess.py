@@ -79,7 +79,7 @@ def preprocess(config: FinetuneConfig) -> dict[str, Any]:
     Returns a summary with the manifest URI, counts of kept and dropped records by reason, and timings.
     """
     from facetrack.data import clip_key, read_records
-    from facetrack.model.training import TrainItem, model_num_frames
+    from facetrack.model.examples import TrainItem, model_num_frames
 
     started = time.perf_counter()
     records = read_records(config.data.train, config.data.video_root)

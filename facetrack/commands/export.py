@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from facetrack.model.export import ExportError, export_checkpoint
     from facetrack.model.loading import CheckpointError
-    from facetrack.model.training import ExportError, export_checkpoint
 
     try:
         info = export_checkpoint(args.source, args.out, base=args.base, merge=args.merge)

@@ -44,7 +44,10 @@ def session_worker(rank: int, world: int, args: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from facetrack.data import load_templates
-    from facetrack.model.training import FinetuneSession, LoraSettings, TrainItem, TrainSettings
+    from facetrack.model.examples import TrainItem
+    from facetrack.model.lora import LoraSettings
+    from facetrack.model.session import FinetuneSession
+    from facetrack.model.train_settings import TrainSettings
 
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world)

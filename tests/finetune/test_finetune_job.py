@@ -179,7 +179,7 @@ def test_exported_adapter_loads_in_the_captioner_and_changes_its_output(
     from facetrack.caption import Captioner, CaptionerConfig
     from facetrack.cli import main
     from facetrack.data import decode_clip
-    from facetrack.model.training import TrainItem
+    from facetrack.model.examples import TrainItem
 
     manifest = straight["preprocess"]["manifest"]
     items = [TrainItem.from_dict(json.loads(line)) for line in store.read_text(manifest).splitlines()]

@@ -12,15 +12,9 @@ import yaml
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft", reason="fine-tuning needs peft (pip install 'facetrack[model]')")
 
-from facetrack.model.training import (  # noqa: E402
-    DataOrder,
-    LoraSettings,
-    TrainSettings,
-    apply_lora,
-    cosine_with_warmup,
-    lora_target_modules,
-    resolve_deepspeed_config,
-)
+from facetrack.model.lora import LoraSettings, apply_lora, lora_target_modules  # noqa: E402
+from facetrack.model.schedule import DataOrder, cosine_with_warmup  # noqa: E402
+from facetrack.model.train_settings import TrainSettings, resolve_deepspeed_config  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 
@@ -141,8 +135,8 @@ def test_micro_batches_with_loader_workers_come_in_training_order(tiny_model: Pa
     from finetune_session_helpers import write_clip_cache
 
     from facetrack.data import load_templates
+    from facetrack.model.examples import ExampleBuilder, MicroBatches, TrainItem, visual_token_count
     from facetrack.model.loading import load_model
-    from facetrack.model.training import ExampleBuilder, MicroBatches, TrainItem, visual_token_count
 
     loaded = load_model(str(tiny_model))
     model = loaded.model
@@ -207,9 +201,11 @@ def test_finetune_command_passes_its_options_to_the_job(
 def test_a_face_branch_added_to_a_plain_base_survives_both_exports(tmp_path: Path) -> None:
     """A VideoLLaMA2 base without a face branch gets FaceTrack-MM's (vision tower on the crops plus a new
     projector); both export formats carry it, and the captioner's loader rebuilds the same model."""
+    from facetrack.model.export import export_checkpoint
     from facetrack.model.loading import load_model, load_tokenizer, save_videollama2
+    from facetrack.model.lora import add_face_branch
+    from facetrack.model.run_checkpoints import save_trainables
     from facetrack.model.tiny import build_tiny, tiny_spec, write_mistral_tokenizer
-    from facetrack.model.training import add_face_branch, export_checkpoint, save_trainables
 
     tokenizer = load_tokenizer(write_mistral_tokenizer(tmp_path / "tok"))
     base = save_videollama2(
