@@ -13,7 +13,13 @@ contradicted reference event likewise for recall (clipped at 0).
 
 An item whose event list is empty, or whose judge call failed, is never silently scored: it is counted
 and listed by id, and scored 0 (``empty="zero"``, the default: TEM never rewards saying nothing) or,
-only when asked, left out of the means (``empty="exclude"``; the report then says how many).
+only when asked, left out of the means (``empty="exclude"``; the report then says how many). A failed
+judge call is asked again up to ``retries`` more times before the item is recorded as failed.
+
+TEM has no reference script; its rules follow the paper that defines it ("Facial Dynamics in Video",
+arXiv 2501.07978): ordered atomic events from both captions, a same/opposite/unrelated relation per
+event pair, LCS over "same" pairs, P = L/|pred|, R = L/|ref|, F1. The empty, failed and opposite-pair
+policies are this project's, chosen so that nothing can score better by saying less.
 """
 
 from __future__ import annotations
@@ -37,10 +43,14 @@ class TemConfig:
     opposite: OppositePolicy = "unrelated"
     opposite_penalty: float = 1.0
     empty: EmptyPolicy = "zero"
+    retries: int = 2
+    """How many more times a failed judge call is asked before the item is recorded as failed."""
 
     def __post_init__(self) -> None:
         if self.opposite_penalty < 0:
             raise ValueError("opposite_penalty must be >= 0")
+        if self.retries < 0:
+            raise ValueError("retries must be 0 or more")
 
 
 @dataclass
@@ -138,20 +148,32 @@ def score_item(
     if config.opposite == "penalize":
         hits_p = max(0.0, hits_p - config.opposite_penalty * item.n_pred_contradicting)
         hits_r = max(0.0, hits_r - config.opposite_penalty * item.n_ref_contradicted)
-    item.precision = hits_p / n
-    item.recall = hits_r / m
+    item.precision = hits_p / n  # the paper: P = LCS / |predicted events|
+    item.recall = hits_r / m  # the paper: R = LCS / |reference events|
     item.f1 = f1(item.precision, item.recall)
     return item
 
 
+def ask_with_retries(judge: Judge, stage: str, inputs: Mapping[str, Any], retries: int) -> dict[str, Any]:
+    """``judge.ask`` asked again up to ``retries`` more times on :class:`JudgeError` (the last is raised)."""
+    for attempt in range(retries + 1):
+        try:
+            return judge.ask(stage, inputs)
+        except JudgeError:
+            if attempt == retries:
+                raise
+    raise AssertionError("unreachable")
+
+
 def judge_item(judge: Judge, item_id: str, prediction: str, reference: str, config: TemConfig) -> TemItem:
-    """Run the TEM stages for one item with ``judge``; a failed judge call becomes an ``error`` item."""
+    """Run the TEM stages for one item with ``judge``; a call that still fails makes an ``error`` item."""
     try:
-        pred_events = judge.ask("tem_events", {"caption": prediction})["events"]
-        ref_events = judge.ask("tem_events", {"caption": reference})["events"]
+        pred_events = ask_with_retries(judge, "tem_events", {"caption": prediction}, config.retries)["events"]
+        ref_events = ask_with_retries(judge, "tem_events", {"caption": reference}, config.retries)["events"]
         if not pred_events or not ref_events:
             return score_item(item_id, pred_events, ref_events, [], config)
-        relations = judge.ask("tem_relations", {"pred_events": pred_events, "ref_events": ref_events})
+        inputs = {"pred_events": pred_events, "ref_events": ref_events}
+        relations = ask_with_retries(judge, "tem_relations", inputs, config.retries)
         return score_item(item_id, pred_events, ref_events, relations["relations"], config)
     except JudgeError as exc:
         return TemItem(id=item_id, status="error", error=str(exc))
@@ -169,6 +191,7 @@ def aggregate(items: Iterable[TemItem], config: TemConfig | None = None) -> dict
     means = item_means(items, config.empty, ("precision", "recall", "f1"))
     mean_p, mean_r = means["precision"], means["recall"]
     return {
+        # Corpus TEM: F1 of the mean P and the mean R (as AutoDQ's summary); mean item F1 beside it.
         "tem": f1(mean_p, mean_r) if mean_p is not None and mean_r is not None else None,
         "precision": mean_p,
         "recall": mean_r,

@@ -3,12 +3,19 @@
 The judge sees the benchmark question, the reference answer and the predicted caption, and scores one
 criterion at a time; the corpus score of a criterion is the mean over the items it could score.
 
-Scoring rules that follow Video-ChatGPT's quantitative evaluation scripts:
+Scoring rules that follow Video-ChatGPT's quantitative evaluation scripts (mbzuai-oryx/Video-ChatGPT,
+``quantitative_evaluation/evaluate_benchmark_{1_correctness,2_detailed_orientation,3_context,
+4_temporal}.py``; VideoLLaMA2 copies them in ``videollama2/eval/eval_video_oqa_vcgpt_*.py``):
+- the question is the one the model answered (there the benchmark item's ``Q``; here FEC-Bench's
+  captioning instruction, from the prompt data);
 - the judge's score is an integer: the answer is truncated with ``int()`` (3.9 counts 3), never rounded
   and never kept as a float;
 - a failed judge call is asked again (the reference loops until every item is scored); here up to
   ``retries`` more times, after which the item is recorded as failed for that criterion, counted and
-  listed by id.
+  listed by id;
+- a criterion's score is the plain mean of the integer scores of its items.
+Sampling is the judge's setting: Video-ChatGPT calls gpt-3.5-turbo with the API defaults (no
+temperature, no max tokens); VideoLLaMA2's copies send temperature 0.7, top_p 0.95, max_tokens 800.
 """
 
 from __future__ import annotations
@@ -46,7 +53,11 @@ class VcgptItem:
 
 
 def default_question() -> str:
-    """The benchmark question the captions answer, from the versioned prompt data."""
+    """The benchmark question the captions answer, from the versioned prompt data.
+
+    Video-ChatGPT puts the question the model was asked in front of the judge; for FEC-Bench that is the
+    benchmark's captioning instruction.
+    """
     from evaluation.prompts import load_common
 
     return str(load_common()["fec_question"])
@@ -58,7 +69,7 @@ def judge_item(judge: Judge, item_id: str, prediction: str, reference: str, conf
     item = VcgptItem(id=item_id)
     inputs = {"question": question, "prediction": prediction, "reference": reference}
     for criterion in VCGPT_CRITERIA:
-        for _attempt in range(config.retries + 1):
+        for _attempt in range(config.retries + 1):  # Video-ChatGPT: `while True` until all are scored
             try:
                 item.scores[criterion] = truncate_score(judge.ask(f"vcgpt_{criterion}", inputs)["score"])
                 item.errors.pop(criterion, None)
@@ -70,7 +81,12 @@ def judge_item(judge: Judge, item_id: str, prediction: str, reference: str, conf
 
 
 def truncate_score(value: Any) -> int:
-    """The judge's score as Video-ChatGPT counts it: ``int()`` of the answer (truncation, 3.9 -> 3)."""
+    """The judge's score as Video-ChatGPT counts it: ``int()`` of the answer (truncation, 3.9 -> 3).
+
+    The reference applies ``int()`` to what the judge wrote; a numeric string such as ``"4.5"`` is read
+    as a number first (the reference would fail on it and ask again). Scores outside 0-5 are failures
+    here (the reference keeps them).
+    """
     try:
         score = int(float(value))
     except (TypeError, ValueError) as exc:
@@ -81,7 +97,11 @@ def truncate_score(value: Any) -> int:
 
 
 def aggregate(items: Iterable[VcgptItem]) -> dict[str, Any]:
-    """Mean score per criterion, with the number of scored items and the ids of failed ones."""
+    """Mean score per criterion, with the number of scored and failed items and the ids of failed ones.
+
+    As Video-ChatGPT's ``score_sum / count`` over the integer scores; failed items (none in the
+    reference, which asks until every item is scored) are left out of the mean and counted.
+    """
     items = list(items)
     out: dict[str, Any] = {"n_items": len(items)}
     for criterion in VCGPT_CRITERIA:
@@ -91,4 +111,5 @@ def aggregate(items: Iterable[VcgptItem]) -> dict[str, Any]:
         out[f"n_scored_{criterion}"] = len(scored)
         failed = [it.id for it in items if it.scores.get(criterion) is None]
         out[f"failed_ids_{criterion}"] = failed
+        out[f"n_failed_{criterion}"] = len(failed)
     return out

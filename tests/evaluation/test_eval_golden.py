@@ -3,17 +3,44 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from evaluation import autodq, tem
+from evaluation.judges.base import JudgeError
 from evaluation.lcs import lcs_align, lcs_length
-from tests.evaluation.eval_helpers import golden, scripted_from_case
+from tests.evaluation.eval_helpers import ScriptedJudge, golden, scripted_from_case
 
 LCS = golden("lcs")
 TEM = golden("tem")
 AUTODQ = golden("autodq")
+
+
+class FlakyJudge:
+    """The case's scripted judge, failing the first ``flaky[caption]`` calls that carry that caption."""
+
+    def __init__(self, inner: ScriptedJudge, flaky: Mapping[str, int]) -> None:
+        self.inner, self.left = inner, dict(flaky)
+        self.name, self.approximate, self.max_concurrency = inner.name, False, 1
+        self.failures = 0
+
+    def stage_version(self, stage: str) -> str:
+        return self.inner.stage_version(stage)
+
+    def ask(self, stage: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        for value in inputs.values():
+            if isinstance(value, str) and self.left.get(value, 0) > 0:
+                self.left[value] -= 1
+                self.failures += 1
+                raise JudgeError(f"scripted outage for {value!r}")
+        return self.inner.ask(stage, inputs)
+
+
+def _judge(case: dict[str, Any]) -> ScriptedJudge | FlakyJudge:
+    judge = scripted_from_case(case)
+    return FlakyJudge(judge, case["flaky"]) if "flaky" in case else judge
 
 
 def _matrix(case: dict[str, Any]) -> list[list[str]]:
@@ -50,7 +77,7 @@ def test_lcs_rejects_a_ragged_matrix() -> None:
 @pytest.mark.parametrize("case", TEM["cases"], ids=[c["name"] for c in TEM["cases"]])
 def test_tem_golden(case: dict[str, Any]) -> None:
     tol = TEM["tolerance"]
-    judge = scripted_from_case(case)
+    judge = _judge(case)
     config = tem.TemConfig(**case["config"])
     items = [
         tem.judge_item(judge, it["id"], it["prediction"], it["reference"], config) for it in case["items"]
@@ -72,7 +99,7 @@ def test_tem_golden(case: dict[str, Any]) -> None:
 @pytest.mark.parametrize("case", AUTODQ["cases"], ids=[c["name"] for c in AUTODQ["cases"]])
 def test_autodq_golden(case: dict[str, Any]) -> None:
     tol = AUTODQ["tolerance"]
-    judge = scripted_from_case(case)
+    judge = _judge(case)
     config = autodq.AutoDQConfig(**case["config"])
     items = [
         autodq.judge_item(judge, it["id"], it["prediction"], it["reference"], config) for it in case["items"]
@@ -106,3 +133,49 @@ def test_tem_items_round_trip_through_dicts() -> None:
 def test_tem_config_rejects_a_negative_penalty() -> None:
     with pytest.raises(ValueError):
         tem.TemConfig(opposite="penalize", opposite_penalty=-1)
+
+
+FACTS = golden("reference_rules")["autodq"]
+
+
+def test_autodq_defaults_follow_tarsier() -> None:
+    from evaluation.judges.base import ENTAILMENT_LABELS
+
+    config = autodq.AutoDQConfig()
+    assert config.max_events == FACTS["max_events_asked"] == 10
+    assert config.lowercase is FACTS["lowercase_captions"] is True
+    assert sorted(ENTAILMENT_LABELS) == sorted(FACTS["entailment_labels"])
+    assert FACTS["hit_labels_precision"] == FACTS["hit_labels_recall"] == ["entailment"]
+
+
+def test_autodq_prompts_ask_for_the_cap_and_a_reason_per_event() -> None:
+    from evaluation.prompts import load_prompt
+
+    events = load_prompt("dq_events").render({"caption": "he smiles", "max_events": 10})[1]["content"]
+    assert "at most 10" in events
+    entail = load_prompt("dq_entailment").render({"caption": "c", "events": ["a", "b", "c"]})[1]["content"]
+    assert '"reasons"' in entail and '"labels"' in entail and "exactly 3" in entail
+    assert entail.index('"reasons"') < entail.index('"labels"')
+
+
+def test_autodq_label_count_mismatch_is_asked_again_then_fails() -> None:
+    class Miscounting:
+        name, approximate, max_concurrency = "miscount", False, 1
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def stage_version(self, stage: str) -> str:
+            return "1"
+
+        def ask(self, stage: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+            if stage == "dq_events":
+                return {"events": ["e1", "e2"]}
+            self.calls += 1
+            return {"labels": ["entailment"] * (2 if self.calls > 2 else 1)}
+
+    judge = Miscounting()
+    item = autodq.judge_item(judge, "m", "p", "r", autodq.AutoDQConfig(retries=2))
+    assert item.status == "ok" and item.precision == 1.0 and judge.calls == 4
+    failed = autodq.judge_item(Miscounting(), "m", "p", "r", autodq.AutoDQConfig(retries=1))
+    assert failed.status == "error" and "2 events" in failed.error
