@@ -88,15 +88,18 @@ def judge_items(
                 if bar:
                     bar.update()
         else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge") as pool:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge")
+            try:
                 futures = {pool.submit(score_item, judge, item, config): item.id for item in items}
                 for future in as_completed(futures):
-                    res = future.result()
+                    res = future.result()  # a JudgeFatalError stops the run here
                     results[res.id] = res
                     if on_result:
                         on_result(res)
                     if bar:
                         bar.update()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)  # items not started are not started
     finally:
         if bar:
             bar.close()

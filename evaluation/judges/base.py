@@ -31,6 +31,14 @@ class JudgeError(RuntimeError):
     """A judge could not produce a valid answer for one request (after its retries)."""
 
 
+class JudgeFatalError(RuntimeError):
+    """No request of this judge can succeed (rejected key, unknown model, wrong URL): stop the run.
+
+    Not a :class:`JudgeError`, so metrics do not record it on one item and go on; the commands print its
+    one-line message and exit.
+    """
+
+
 class AnswerError(ValueError):
     """An answer does not match its stage's schema; the message says what is wrong."""
 

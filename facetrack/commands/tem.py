@@ -151,6 +151,7 @@ def _r(value: float | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from evaluation.data import DataError, load_records, pair
+    from evaluation.judges.base import JudgeFatalError
     from evaluation.pipeline import evaluate
     from facetrack.config import ConfigError
 
@@ -169,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = evaluate(pairing, config, args.out, progress=not args.no_progress)
+    except JudgeFatalError as exc:
+        print(f"facetrack tem: the judge refuses every request, stopped: {exc}", file=sys.stderr)
+        return 3
     except (ValueError, ImportError) as exc:
         print(f"facetrack tem: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from evaluation.judges import JudgeConfig, build_judge
-from evaluation.judges.base import JudgeError
+from evaluation.judges.base import JudgeError, JudgeFatalError
 from evaluation.judges.openai_compat import OpenAIJudgeConfig
 
 DETAIL_INPUTS = {"question": "Describe the face.", "prediction": "He smiles.", "reference": "He smiles."}
@@ -48,12 +48,17 @@ class FakeLLM:
     """A threaded HTTP server speaking the chat-completions protocol, driven by a script.
 
     Each request takes the next step of ``script`` (then falls back to :func:`smart_reply`): an int is
-    an HTTP status to answer with, ``("sleep", s)`` answers after ``s`` seconds, ``("body", bytes)``
-    sends a raw body, and a string is the assistant's reply text.
+    an HTTP status to answer with, ``("status", code, message, headers)`` one with an OpenAI-style error
+    body and headers, ``("sleep", s)`` answers after ``s`` seconds, ``("body", bytes)`` sends a raw
+    body, and a string is the assistant's reply text. ``gate(body)`` may answer a request first: it
+    returns ``(status, message)`` to refuse it or ``None`` to let it through; ``reply(body)`` may
+    give the reply text instead of :func:`smart_reply`.
     """
 
     def __init__(self) -> None:
         self.script: list[Any] = []
+        self.gate: Any = None
+        self.reply: Any = None
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.delay = 0.0
@@ -76,11 +81,21 @@ class FakeLLM:
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
                     time.sleep(fake.delay)
+                    refused = fake.gate(body) if fake.gate else None
+                    if refused is not None:
+                        step = ("status", refused[0], refused[1], {})
                     if isinstance(step, int):
-                        self.send_response(step)
-                        self.send_header("Retry-After", "0")
+                        step = ("status", step, "scripted", {"Retry-After": "0"})
+                    if isinstance(step, tuple) and step[0] == "status":
+                        _, code, message, headers = step
+                        error = json.dumps({"error": {"message": message, "type": "invalid_request_error"}})
+                        self.send_response(code)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(error)))
+                        for name, value in headers.items():
+                            self.send_header(name, value)
                         self.end_headers()
-                        self.wfile.write(b'{"error": "scripted"}')
+                        self.wfile.write(error.encode())
                         return
                     if isinstance(step, tuple) and step[0] == "sleep":
                         time.sleep(step[1])
@@ -88,7 +103,9 @@ class FakeLLM:
                     if isinstance(step, tuple) and step[0] == "body":
                         payload = step[1]
                     else:
-                        text = step if isinstance(step, str) else smart_reply(body["messages"])
+                        text = step if isinstance(step, str) else None
+                        text = text or (fake.reply(body) if fake.reply else None)
+                        text = text or smart_reply(body["messages"])
                         payload = json.dumps(
                             {"choices": [{"message": {"role": "assistant", "content": text}}]}
                         )
@@ -207,9 +224,96 @@ def test_server_errors_fail_after_max_retries(llm: FakeLLM) -> None:
 
 def test_client_errors_are_not_retried(llm: FakeLLM) -> None:
     llm.script = [400, '{"score": 1}']
-    judge = judge_for(llm)
-    with pytest.raises(JudgeError, match="HTTP 400"):
+    judge = judge_for(llm, json_mode=False)
+    with pytest.raises(JudgeFatalError, match="HTTP 400"):
         judge.ask("vcgpt_detail", DETAIL_INPUTS)
+    assert len(llm.requests) == 1
+    with pytest.raises(JudgeFatalError, match="HTTP 400"):  # later calls fail the same way, offline
+        judge.ask("vcgpt_detail", {**DETAIL_INPUTS, "prediction": "other"})
+    assert len(llm.requests) == 1
+
+
+REASONING_400 = {
+    "max_tokens": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+    "Use 'max_completion_tokens' instead.",
+    "temperature": "Unsupported value: 'temperature' does not support 0 with this model. "
+    "Only the default (1) value is supported.",
+}
+
+
+def reasoning_gate(body: dict) -> tuple[int, str] | None:
+    """Answer the way OpenAI's reasoning models do: 400 for max_tokens, then for temperature."""
+    for key, message in REASONING_400.items():
+        if key in body:
+            return 400, message
+    return None
+
+
+def test_a_reasoning_model_400_switches_to_max_completion_tokens(llm: FakeLLM) -> None:
+    llm.gate = reasoning_gate
+    judge = judge_for(llm, model="my-reasoner", max_tokens=2000)
+    assert judge.ask("vcgpt_detail", DETAIL_INPUTS) == {"score": 3.0}
+    assert len(llm.requests) == 2
+    assert "max_tokens" in llm.requests[0] and "temperature" in llm.requests[0]
+    second = llm.requests[1]
+    assert second["max_completion_tokens"] == 2000
+    assert "max_tokens" not in second and "temperature" not in second
+    assert judge.ask("vcgpt_context", DETAIL_INPUTS) == {"score": 3.0}
+    assert len(llm.requests) == 3, "learnt once: later requests go right the first time"
+    assert judge.describe()["reasoning"] is True and "temperature" not in judge.describe()
+
+
+@pytest.mark.parametrize("model", ["o1", "o3-mini", "o4-mini-2025-04-16", "gpt-5", "openai/gpt-5-mini"])
+def test_reasoning_models_are_known_by_name(llm: FakeLLM, model: str) -> None:
+    llm.gate = reasoning_gate
+    judge = judge_for(llm, model=model)
+    assert judge.ask("vcgpt_detail", DETAIL_INPUTS) == {"score": 3.0}
+    assert len(llm.requests) == 1 and llm.requests[0]["max_completion_tokens"] == 1024
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "Qwen/Qwen2.5-7B-Instruct", "solar-10b", "o"])
+def test_other_models_get_max_tokens_and_temperature(llm: FakeLLM, model: str) -> None:
+    judge = judge_for(llm, model=model)
+    judge.ask("vcgpt_detail", DETAIL_INPUTS)
+    assert llm.requests[0]["max_tokens"] == 1024 and llm.requests[0]["temperature"] == 0.0
+
+
+def test_json_mode_is_sent_and_dropped_once_when_rejected(llm: FakeLLM) -> None:
+    llm.gate = lambda body: (400, "response_format is not supported") if "response_format" in body else None
+    judge = judge_for(llm)
+    assert judge.ask("vcgpt_detail", DETAIL_INPUTS) == {"score": 3.0}
+    assert llm.requests[0]["response_format"] == {"type": "json_object"}
+    assert "response_format" not in llm.requests[1]
+    judge.ask("vcgpt_context", DETAIL_INPUTS)
+    assert len(llm.requests) == 3 and "response_format" not in llm.requests[2]
+
+
+def test_429_waits_as_long_as_retry_after_says(llm: FakeLLM) -> None:
+    llm.script = [("status", 429, "Rate limit reached", {"Retry-After": "0.4"}), '{"score": 5}']
+    judge = judge_for(llm, backoff_s=0.001)
+    start = time.perf_counter()
+    assert judge.ask("vcgpt_detail", DETAIL_INPUTS) == {"score": 5.0}
+    assert time.perf_counter() - start >= 0.4
+    assert len(llm.requests) == 2 and judge.backend.retries == 1
+
+
+def test_a_context_too_long_400_fails_only_that_request(llm: FakeLLM) -> None:
+    message = "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens."
+    llm.script = [("status", 400, message, {}), '{"score": 2}']
+    judge = judge_for(llm, json_mode=False)
+    with pytest.raises(JudgeError, match="maximum context length"):
+        judge.ask("vcgpt_detail", DETAIL_INPUTS)
+    assert judge.ask("vcgpt_detail", {**DETAIL_INPUTS, "prediction": "short"}) == {"score": 2.0}
+
+
+def test_a_bad_key_is_one_clear_message(llm: FakeLLM) -> None:
+    llm.gate = lambda body: (401, "Incorrect API key provided: sk-bad.")
+    judge = judge_for(llm)
+    with pytest.raises(JudgeFatalError) as info:
+        judge.ask("vcgpt_detail", DETAIL_INPUTS)
+    message = str(info.value)
+    assert "\n" not in message and "HTTP 401" in message and "Incorrect API key" in message
+    assert "API key" in message.split("(", 1)[1], "the message says what to check"
     assert len(llm.requests) == 1
 
 
@@ -232,17 +336,45 @@ def test_api_key_comes_from_the_environment(llm: FakeLLM, monkeypatch: pytest.Mo
     monkeypatch.setenv("FACETRACK_TEST_JUDGE_KEY", "sk-test-123")
     judge = judge_for(llm, api_key_env="FACETRACK_TEST_JUDGE_KEY")
     judge.ask("vcgpt_detail", DETAIL_INPUTS)
-    assert llm.headers[0].get("Authorization") == "Bearer sk-test-123"
+    headers = {k.lower(): v for k, v in llm.headers[0].items()}
+    assert headers.get("authorization") == "Bearer sk-test-123"
     assert "sk-test-123" not in json.dumps(judge.describe()) + judge.name
     body = llm.requests[0]
     assert body["model"] == "fake-model" and body["temperature"] == 0.0
 
 
-def test_missing_endpoint_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FACETRACK_JUDGE_BASE_URL", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    with pytest.raises(ValueError, match="base_url"):
+def test_no_endpoint_and_no_key_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evaluation.judges.openai_compat import DEFAULT_BASE_URL, OpenAIChat
+
+    for name in ("FACETRACK_JUDGE_BASE_URL", "OPENAI_BASE_URL", "FACETRACK_JUDGE_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="no API key.*OPENAI_BASE_URL"):
         build_judge(JudgeConfig(kind="openai", openai=OpenAIJudgeConfig(model="m")))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    assert OpenAIChat(OpenAIJudgeConfig(model="m")).base_url == DEFAULT_BASE_URL
+    with pytest.raises(ValueError, match="model"):
+        build_judge(JudgeConfig(kind="openai", openai=OpenAIJudgeConfig(base_url="http://127.0.0.1:9/v1")))
+
+
+def auth(server: FakeLLM) -> str | None:
+    return {k.lower(): v for k, v in server.headers[-1].items()}.get("authorization")
+
+
+def test_openai_env_vars_reach_the_server(llm: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evaluation.judges.openai_compat import OpenAIChat
+
+    monkeypatch.delenv("FACETRACK_JUDGE_BASE_URL", raising=False)
+    monkeypatch.delenv("FACETRACK_JUDGE_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", llm.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-openai-env")
+    chat = OpenAIChat(OpenAIJudgeConfig(model="m", backoff_s=0.01))
+    messages = [{"role": "system", "content": "JSON only."}, {"role": "user", "content": "Score it."}]
+    assert chat.complete(messages) == '{"score": 3}'
+    assert auth(llm) == "Bearer sk-from-openai-env"
+    monkeypatch.setenv("FACETRACK_JUDGE_API_KEY", "sk-ours")
+    OpenAIChat(OpenAIJudgeConfig(model="m")).complete(messages)
+    assert auth(llm) == "Bearer sk-ours", "our setting overrides OPENAI_API_KEY"
+    assert len(llm.requests) == 2
 
 
 def test_openai_base_url_is_honoured_and_our_settings_override_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -308,3 +440,40 @@ def test_facetrack_tem_with_an_openai_compatible_url(llm: FakeLLM, tmp_path: Pat
     assert len(llm.requests) == first_calls
     assert again["judge_calls"]["calls"] == 0 and again["judge_calls"]["hits"] == 6
     assert again["metrics"]["tem"] == tem
+
+
+def _tem_args(tmp_path: Path, server: FakeLLM, n: int = 6) -> tuple[list[str], Path]:
+    refs = [
+        {"id": str(i), "video": f"{i}.mp4", "caption": f"He blinks. He nods {i} times."} for i in range(n)
+    ]
+    preds = [{"id": str(i), "caption": f"He blinks, he nods {i} times."} for i in range(n)]
+    out = tmp_path / "out"
+    args = ["tem", "--pred", _write(tmp_path / "p.json", preds), "--ref", _write(tmp_path / "r.json", refs)]
+    args += ["--out", str(out), "--judge-url", server.url, "--judge-model", "fake-model", "--no-progress"]
+    return args + ["judge.openai.backoff_s=0.01"], out
+
+
+def test_a_rejected_key_stops_the_run_with_one_line(
+    llm: FakeLLM, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from facetrack import cli
+
+    llm.gate = lambda body: (401, "Incorrect API key provided.")
+    args, out = _tem_args(tmp_path, llm)
+    assert cli.main(args + ["concurrency=2"]) == 3
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "HTTP 401" in err[0] and "Incorrect API key" in err[0]
+    assert len(llm.requests) <= 2, "at most the requests already in flight, not one per item"
+    assert not (out / "report.json").exists()
+
+
+def test_garbage_answers_are_failed_items(llm: FakeLLM, tmp_path: Path) -> None:
+    from facetrack import cli
+
+    llm.reply = lambda body: "lorem ipsum, no JSON" if "nods 0 times" in json.dumps(body) else None
+    args, out = _tem_args(tmp_path, llm, n=3)
+    assert cli.main(args) == 0
+    tem = json.loads((out / "report.json").read_text())["metrics"]["tem"]
+    assert tem["failed_ids"] == ["0"] and tem["n_failed"] == 1
+    assert tem["n_items"] == 3 and tem["n_scored"] == 3, "a failed item counts as 0 by default"
+    assert tem["precision"] == pytest.approx(2 / 3)
