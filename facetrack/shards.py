@@ -40,6 +40,18 @@ def _encode(rows: list[dict[str, Any]], fmt: ShardFormat) -> bytes:
     return buf.getvalue()
 
 
+def shard_name(run_id: str, n: int, fmt: ShardFormat, writer: str | None = None) -> str:
+    """``part-<run>[-<writer>]-<n>.<fmt>``: unique per run, writer (one per actor) and sequence number."""
+    return f"part-{run_id}{'-' + writer if writer else ''}-{n:05d}.{fmt}"
+
+
+def write_shard(out_uri: str, name: str, rows: list[dict[str, Any]], fmt: ShardFormat) -> str:
+    """Commit ``rows`` as the shard ``rows/<name>`` under ``out_uri`` (atomic); returns its URI."""
+    uri = storage.join(out_uri, SHARD_DIR, name)
+    storage.write_bytes(uri, _encode(rows, fmt))
+    return uri
+
+
 def read_shard(uri: str) -> list[dict[str, Any]]:
     """Rows of one shard (JSON columns of Parquet shards decoded back to dicts)."""
     if uri.endswith(".parquet"):
@@ -141,7 +153,7 @@ def done_ids(out_uri: str) -> set[str]:
 
 
 class ShardWriter:
-    """Buffers rows and writes them as numbered shards ``rows/part-<run>-<n>.<fmt>`` under ``out_uri``.
+    """Buffers rows and writes them as numbered shards ``rows/part-<run>[-<writer>]-<n>.<fmt>``.
 
     A shard is flushed when it holds ``rows_per_shard`` rows or its oldest row is ``flush_seconds`` old,
     so a slow job still makes its progress durable.
@@ -154,6 +166,7 @@ class ShardWriter:
         rows_per_shard: int = 256,
         flush_seconds: float = 60.0,
         run_id: str | None = None,
+        writer: str | None = None,
     ) -> None:
         if fmt not in ("jsonl", "parquet"):
             raise ValueError(f"unknown shard format {fmt!r}; use 'jsonl' or 'parquet'")
@@ -162,6 +175,7 @@ class ShardWriter:
         self.rows_per_shard = max(1, rows_per_shard)
         self.flush_seconds = flush_seconds
         self.run_id = run_id or new_run_id()
+        self.writer = writer
         self.shards_written: list[str] = []
         self.rows_written = 0
         self._buffer: list[dict[str, Any]] = []
@@ -178,6 +192,11 @@ class ShardWriter:
         for row in rows:
             self.add(row)
 
+    @property
+    def buffered(self) -> int:
+        """Rows added and not yet written."""
+        return len(self._buffer)
+
     def due(self) -> bool:
         return bool(self._buffer) and time.monotonic() - self._oldest >= self.flush_seconds
 
@@ -185,9 +204,8 @@ class ShardWriter:
         """Write the buffered rows as one shard; returns its URI (None when nothing was buffered)."""
         if not self._buffer:
             return None
-        name = f"part-{self.run_id}-{len(self.shards_written):05d}.{self.fmt}"
-        uri = storage.join(self.out_uri, SHARD_DIR, name)
-        storage.write_bytes(uri, _encode(self._buffer, self.fmt))
+        name = shard_name(self.run_id, len(self.shards_written), self.fmt, self.writer)
+        uri = write_shard(self.out_uri, name, self._buffer, self.fmt)
         self.shards_written.append(uri)
         self.rows_written += len(self._buffer)
         self._buffer = []

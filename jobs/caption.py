@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -39,6 +41,8 @@ from facetrack.shards import (
     done_ids,
     new_run_id,
     read_rows,
+    shard_name,
+    write_shard,
 )
 from facetrack.types import CaptionRow, VideoRef
 from jobs.caption_report import Progress, failure_reason, output_totals, print_summary, should_retry
@@ -198,16 +202,61 @@ def track_row(stage: Any, row: dict[str, Any], out: str, sheets: bool, frame_siz
 
 
 class CaptionActor:
-    """Ray Data callable class: loads the captioner once, captions batches of tracked rows."""
+    """Ray Data callable class: loads the captioner once, captions batches of tracked rows, commits them.
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    Each batch's rows are committed right here, as atomic shards ``rows/part-<run>-<actor>-<n>`` under the
+    output, before the batch is handed on: a finished caption is durable whatever the driver is doing.
+    The driver receives each row with ``committed`` set; a row whose shard could not be written (a full
+    disk, storage down beyond its retry budget) comes back uncommitted and the driver writes it.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        out: str = "",
+        fmt: str = "jsonl",
+        rows_per_shard: int = 64,
+        run_id: str = "",
+    ) -> None:
         from facetrack.caption import Captioner
 
         cfg = load_config(CaptionerConfig, base=config)
         self.captioner = Captioner(cfg)
         self.captioner.setup()
+        self.out = out
+        self.fmt = fmt
+        self.rows_per_shard = max(1, rows_per_shard)
+        self.run_id = run_id or new_run_id()
+        self.writer = secrets.token_hex(3)  # this actor's part of the shard names
+        self.shards = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = self.caption(batch)
+        captioned_at = time.time()
+        committed = [False] * len(rows)
+        committed_at = [captioned_at] * len(rows)
+        for start in range(0, len(rows), self.rows_per_shard) if self.out else ():
+            chunk = rows[start : start + self.rows_per_shard]
+            name = shard_name(self.run_id, self.shards, self.fmt, self.writer)  # type: ignore[arg-type]
+            try:
+                write_shard(self.out, name, chunk, self.fmt)  # type: ignore[arg-type]
+            except (storage.StorageError, OSError) as exc:  # the driver writes these rows instead
+                log.warning("caption: could not commit %d rows here (%s); the driver will", len(chunk), exc)
+                continue
+            finally:
+                self.shards += 1
+            now = time.time()
+            for i in range(start, start + len(chunk)):
+                committed[i], committed_at[i] = True, now
+        return {
+            "row": np.array([json.dumps(r, default=str) for r in rows], dtype=object),
+            "committed": np.array(committed, dtype=bool),
+            "captioned_at": np.array([captioned_at] * len(rows), dtype=float),
+            "committed_at": np.array(committed_at, dtype=float),
+        }
+
+    def caption(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """The output rows of one batch of tracked rows (errors of earlier stages pass through)."""
         from facetrack.caption import CaptionResult
         from facetrack.types import Clip
 
@@ -236,17 +285,22 @@ class CaptionActor:
                 else:
                     captions[i] = result.caption or ""
                 timings[i]["caption"] = result.seconds
-        return {
-            "id": batch["id"],
-            "video": batch["video"],
-            "caption": np.array(captions, dtype=object),
-            "model": np.array([self.captioner.model_name] * n, dtype=object),
-            "prompt": np.array([self.captioner.prompt] * n, dtype=object),
-            "main_track": batch["main_track"],
-            "timings": np.array([json.dumps(t) for t in timings], dtype=object),
-            "error": np.array(errors, dtype=object),
-            "warnings": batch["warnings"],
-        }
+        return [
+            _final_row(
+                {
+                    "id": batch["id"][i],
+                    "video": batch["video"][i],
+                    "caption": captions[i],
+                    "model": self.captioner.model_name,
+                    "prompt": self.captioner.prompt,
+                    "main_track": batch["main_track"][i],
+                    "timings": timings[i],
+                    "error": errors[i],
+                    "warnings": batch["warnings"][i],
+                }
+            )
+            for i in range(n)
+        ]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -322,6 +376,8 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     stage_time: Counter[str] = Counter()
     progress = Progress(len(todo) + len(input_errors), cfg.progress_seconds)
     example: dict[str, str] | None = None
+    waits: list[float] = []  # seconds from captioned to committed, per row
+    pending: list[float] = []  # caption times of rows the driver holds, not yet committed
     with ShardWriter(cfg.out, cfg.format, cfg.rows_per_shard, cfg.flush_seconds, run_id) as writer:
         for err in input_errors:
             writer.add(_input_error_row(err, model, prompt))
@@ -347,7 +403,13 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
             )
             ds = ds.map_batches(
                 CaptionActor,
-                fn_constructor_kwargs={"config": to_dict(cfg.captioner)},
+                fn_constructor_kwargs={
+                    "config": to_dict(cfg.captioner),
+                    "out": cfg.out,
+                    "fmt": cfg.format,
+                    "rows_per_shard": cfg.rows_per_shard,
+                    "run_id": run_id,
+                },
                 batch_size=cfg.batch_size,
                 compute=ray.data.ActorPoolStrategy(size=max(1, cfg.actors)),
                 num_gpus=gpus,
@@ -355,9 +417,14 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
                 **_resources(cfg.actor_resources),
                 batch_format="numpy",
             )
-            for row in ds.iter_rows():
-                final = _final_row(row)
-                writer.add(final)
+            for record in ds.iter_rows():
+                final = json.loads(record["row"])
+                if record["committed"]:  # the actor committed it: count it
+                    waits.append(float(record["committed_at"]) - float(record["captioned_at"]))
+                    counts["committed_by_actors"] += 1
+                else:  # its shard could not be written where it was made: the driver writes it
+                    writer.add(final)
+                    pending.append(float(record["captioned_at"]))
                 if example is None and final["caption"]:
                     example = {"id": final["id"], "caption": final["caption"][:300]}
                 if final["error"]:
@@ -370,6 +437,11 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
                 progress.update(failed=bool(final["error"]))
                 if writer.due():
                     writer.flush()
+                if pending and not writer.buffered:
+                    waits.extend(time.time() - t for t in pending)
+                    pending.clear()
+        writer.flush()
+        waits.extend(time.time() - t for t in pending)
     wall = time.perf_counter() - t_start
     processed = counts["done"] + counts["failed"]
     summary = {
@@ -391,6 +463,8 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
         "videos_per_second": round(processed / wall, 4) if wall > 0 else None,
         "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_time.items())},
         "shards": writer.shards_written,
+        "rows_committed_by_actors": counts["committed_by_actors"],
+        "durable_wait_seconds": _wait_stats(waits),
         "example": example,
         "config": to_dict(cfg),
     }
@@ -399,6 +473,14 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     storage.write_text(storage.join(cfg.out, "runs", f"{run_id}.json"), text)
     storage.write_text(storage.join(cfg.out, "summary.json"), text)
     return summary
+
+
+def _wait_stats(waits: list[float]) -> dict[str, float | int | None]:
+    """Median and max seconds a finished caption waited before it was committed."""
+    if not waits:
+        return {"rows": 0, "median": None, "max": None}
+    median, worst = max(0.0, statistics.median(waits)), max(0.0, max(waits))
+    return {"rows": len(waits), "median": round(median, 3), "max": round(worst, 3)}
 
 
 def _resources(custom: dict[str, float]) -> dict[str, Any]:
