@@ -1,16 +1,26 @@
-"""Benchmark of the face tracking stage on composed clips: where the time goes, throughput, memory.
+"""Benchmark of the face tracking stage: cost and accuracy on multi-person scenes, and where the time goes.
 
 Run by hand:
-  python bench/track.py                       # built-in backend, 5 s and 60 s clips
-  python bench/track.py --backend insightface --seconds 5 --repeat 5 --out bench-track.json
+  python bench/track.py                                  # scenes: 20 composed multi-person clips, 4 variants
+  python bench/track.py --variant "today=" --out before.json      # one variant: NAME=key=value,key=value
+  python bench/track.py lengths                          # the split per stage part on 5 s and 60 s clips
+  python bench/track.py lengths --backend insightface --seconds 5 --repeat 5 --out bench-track.json
 
-For each clip length it composes a clip from packaged faces (a main face, extras entering and leaving),
-runs the stage (``FaceTrackStage.process``) ``--repeat`` times after one warm-up run, and reports the
-median split into decode / detect+embed / track / select+crop, the wall and CPU time per clip, clips per
-second per core (one clip uses one core: 1 / CPU seconds), the peak resident memory above the process's
-baseline while a clip runs, and the ratio of the whole stage to detection+embedding alone on the same
-tracking frames (decoded beforehand, same embedding policy): the floor no tracking stage can go under.
-The ratio is given on wall time and on CPU time (steadier on a shared machine).
+``scenes`` (the default) composes the twenty scenes of :func:`facetrack.faces.scenes.bench_scenes`
+(motion, fast motion, occlusion, shot cuts, small faces of about 40 px, people entering and leaving,
+dialogues; 640x360, real faces from installed packages) and runs the stage on each under every variant
+(a named list of config overrides; by default every-frame detection against the adaptive stride, at the
+old and the new recall setting). Per variant: CPU seconds per video second (``time.process_time`` of this
+process, not wall time, so a shared machine does not skew it), detector calls per video second,
+main-character accuracy (model frames whose main box is on the true main character), person recall
+(planted people with a trajectory mostly on them), box coverage (true face boxes at tracking frames that
+some trajectory covers), identity switches, fragments and false trajectories.
+
+``lengths`` composes one clip per length from packaged faces (a main face, extras entering and leaving),
+runs the stage ``--repeat`` times after one warm-up run, and reports the median split into decode /
+detect+embed / track / select+crop, the wall and CPU time per clip, clips per second per core, the peak
+resident memory above the process's baseline while a clip runs, and the ratio of the whole stage to
+detection+embedding alone on the same tracking frames (decoded beforehand, same embedding policy).
 A 60 s clip runs twice: with the default cap on tracking frames and without a cap (every frame at 16 fps).
 """
 
@@ -29,8 +39,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import PeakMemory, write_report  # noqa: E402
-from facetrack.config import to_dict  # noqa: E402
+from facetrack.config import load_config, to_dict  # noqa: E402
 from facetrack.faces.base import FaceConfig  # noqa: E402
+from facetrack.faces.scenes import SceneVideo, bench_scenes, compose_scene, score_result  # noqa: E402
 from facetrack.faces.stage import FaceTrackConfig, FaceTrackStage, _EmbeddingReuse  # noqa: E402
 from facetrack.samples import Extra, SampleSpec, compose_video  # noqa: E402
 from facetrack.video import VideoConfig, sample_frames  # noqa: E402
@@ -108,8 +119,8 @@ def bench_clip(stage: FaceTrackStage, path: str, repeat: int) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def lengths_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench/track.py lengths", description="the split per stage part")
     parser.add_argument("--backend", default="builtin", choices=["builtin", "insightface", "auto"])
     parser.add_argument("--seconds", default="5,60", help="clip lengths, comma-separated (default 5,60)")
     parser.add_argument("--repeat", type=int, default=3)
@@ -176,6 +187,134 @@ def main(argv: list[str] | None = None) -> int:
         f"\nbackend {report['backend']} (setup {setup_s:.2f} s); times are medians in seconds -> {args.out}"
     )
     return 0
+
+
+DEFAULT_VARIANTS = [
+    "every-frame up0=faces.detect_every=1,faces.upsample=0",
+    "adaptive up0=faces.upsample=0",
+    "every-frame up1=faces.detect_every=1,faces.upsample=1",
+    "adaptive up1 (default)=",
+]
+
+
+class CountingAnalyser:
+    """Wraps an analyser and counts its detector calls (works with any stage version)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def detect(self, image: Any, frame: int = 0) -> Any:
+        self.calls += 1
+        return self._inner.detect(image, frame)
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``NAME=key=value,key=value`` (or ``NAME=`` for the defaults) -> (name, overrides)."""
+    name, _, rest = text.partition("=")
+    if not name:
+        raise SystemExit(f"a variant needs a name: {text!r}")
+    return name, [o for o in rest.split(",") if o.strip()]
+
+
+def run_variant(name: str, overrides: list[str], backend: str, videos: list[SceneVideo]) -> dict[str, Any]:
+    config = load_config(FaceTrackConfig, None, [f"faces.backend={backend}", *overrides])
+    stage = FaceTrackStage(config)
+    stage.setup()
+    counting = CountingAnalyser(stage.analyser)
+    stage.analyser = counting
+    stage.process(videos[0].path)  # warm-up: caches, lazy imports, thread pools
+    per_clip, totals = [], {"cpu_s": 0.0, "seconds": 0.0, "calls": 0}
+    for video in videos:
+        counting.calls = 0
+        cpu0 = time.process_time()
+        result = stage.process(video.path)
+        cpu = time.process_time() - cpu0
+        if result.error:
+            raise SystemExit(f"{name}: the stage failed on {video.path}: {result.error}")
+        score = score_result(result, video)
+        seconds = video.scene.seconds
+        per_clip.append({"scene": video.scene.name, "cpu_s": cpu, "detector_calls": counting.calls, **score})
+        totals["cpu_s"] += cpu
+        totals["seconds"] += seconds
+        totals["calls"] += counting.calls
+    pooled = {k: sum(c[k] for c in per_clip) for k in per_clip[0] if isinstance(per_clip[0][k], int)}
+    return {
+        "variant": name,
+        "overrides": overrides,
+        "config": to_dict(config),
+        "cpu_per_video_s": totals["cpu_s"] / totals["seconds"],
+        "detector_calls_per_video_s": totals["calls"] / totals["seconds"],
+        "main_accuracy": 100.0 * pooled["main_correct"] / max(1, pooled["main_frames"]),
+        "person_recall": 100.0 * pooled["found"] / max(1, pooled["people"]),
+        "coverage": 100.0 * pooled["covered"] / max(1, pooled["person_frames"]),
+        "id_switches": pooled["id_switches"],
+        "fragments": pooled["fragments"],
+        "false_tracks": pooled["false_tracks"],
+        "people": pooled["people"],
+        "found": pooled["found"],
+        "video_seconds": totals["seconds"],
+        "clips": per_clip,
+    }
+
+
+def scenes_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench/track.py", description="cost and accuracy on scenes")
+    parser.add_argument("--backend", default="builtin", choices=["builtin", "insightface", "auto"])
+    parser.add_argument("--variant", action="append", default=[], help="NAME=key=value,... (repeatable)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each scene")
+    parser.add_argument("--limit", type=int, default=0, help="run only the first N scenes")
+    parser.add_argument("--clips", default="", help="folder to keep the composed clips in (reused)")
+    parser.add_argument("--out", default="bench-track-scenes.json")
+    args = parser.parse_args(argv)
+    variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
+    scenes = bench_scenes(args.seconds)
+    if args.limit:
+        scenes = scenes[: args.limit]
+    with tempfile.TemporaryDirectory(prefix="facetrack-bench-") as tmp:
+        folder = Path(args.clips or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"composing {len(scenes)} scenes ...", file=sys.stderr)
+        videos = [compose_scene(folder / f"{s.name}.mp4", s) for s in scenes]
+        rows = []
+        for name, overrides in variants:
+            print(f"running {name} ...", file=sys.stderr)
+            rows.append(run_variant(name, overrides, args.backend, videos))
+    header = (
+        f"{'variant':<26}{'cpu s/video s':>14}{'det calls/s':>12}{'main acc %':>11}{'recall %':>9}"
+        f"{'found':>7}{'cover %':>8}{'id sw':>6}{'frag':>5}{'false':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['variant']:<26}{r['cpu_per_video_s']:>14.3f}{r['detector_calls_per_video_s']:>12.2f}"
+            f"{r['main_accuracy']:>11.1f}{r['person_recall']:>9.1f}{r['found']:>4}/{r['people']:<2}"
+            f"{r['coverage']:>8.1f}{r['id_switches']:>6}{r['fragments']:>5}{r['false_tracks']:>6}"
+        )
+    report = {
+        "backend": args.backend,
+        "scenes": [s.name for s in scenes],
+        "scene_seconds": args.seconds,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "rows": rows,
+    }
+    write_report(report, args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "lengths":
+        return lengths_main(argv[1:])
+    return scenes_main(argv)
 
 
 if __name__ == "__main__":
