@@ -217,6 +217,12 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         # Rows already processed are kept even when the job stops on an error.
-        self.close()
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except (storage.StorageError, OSError):
+            pass  # the output cannot take them (the error that stopped the job says why): they are redone

@@ -378,7 +378,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     example: dict[str, str] | None = None
     waits: list[float] = []  # seconds from captioned to committed, per row
     pending: list[float] = []  # caption times of rows the driver holds, not yet committed
-    with ShardWriter(cfg.out, cfg.format, cfg.rows_per_shard, cfg.flush_seconds, run_id) as writer:
+    with _OutputWriter(cfg.out, cfg.format, cfg.rows_per_shard, cfg.flush_seconds, run_id) as writer:
         for err in input_errors:
             writer.add(_input_error_row(err, model, prompt))
             counts["failed"] += 1
@@ -566,6 +566,16 @@ def run_cli(args: argparse.Namespace) -> int:
         rows = len(done_ids(cfg.out))
         print(f"interrupted: {rows} rows written; run the same command to continue", file=sys.stderr)
         return 128 + stop.signum
+    except OutputError as exc:  # a full disk, storage down beyond its retry budget: committed rows stay
+        if embedded:
+            ray.shutdown()
+        rows = len(done_ids(cfg.out))
+        print(
+            f"facetrack caption: cannot write the output: {exc.__cause__}; {rows} rows written are kept,"
+            " run the same command to continue once the output can be written",
+            file=sys.stderr,
+        )
+        return 1
     except (storage.StorageError, FileNotFoundError, PermissionError, ValueError) as exc:
         # Nothing readable to caption, or an output that cannot be written: say so, no traceback.
         print(f"facetrack caption: {exc}", file=sys.stderr)
@@ -576,6 +586,20 @@ def run_cli(args: argparse.Namespace) -> int:
                 signal.signal(sig, handler)
     print_summary(summary)
     return 0
+
+
+class OutputError(storage.StorageError):
+    """Rows could not be committed to the output; ``__cause__`` is the storage error."""
+
+
+class _OutputWriter(ShardWriter):
+    """The driver's shard writer: a failed commit is an :class:`OutputError` (the job stops, cleanly)."""
+
+    def flush(self) -> str | None:
+        try:
+            return super().flush()
+        except (storage.StorageError, OSError) as exc:
+            raise OutputError(str(exc)) from exc
 
 
 class Stopped(BaseException):
