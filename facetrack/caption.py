@@ -9,7 +9,9 @@ Batching is real: the frames of every clip in a batch go through the vision towe
 passes of 16 images, which stay in cache), the crops through the face encoder together, and the prompts
 through one ``generate`` call (left padding, attention masks, greedy by default, stop at EOS). The
 prompt text before the ``<video>`` placeholder (chat opening and system prompt) is the same for every
-clip; it runs through the language model once per batch. bf16 on GPU, fp32 on CPU by default.
+clip; it runs through the language model once per batch. bf16 on GPU, fp32 on CPU by default (``dtype:
+float16`` for fp16). VideoLLaMA2 checkpoints are asked as VideoLLaMA2 asks them: the v1.x ``llama2``
+prompt for v1.x checkpoints, slow-sentencepiece ids, up to 2048 new tokens.
 
 This module's top-level imports are light (no torch), so that job code can read the config without
 loading the model stack.
@@ -17,6 +19,7 @@ loading the model stack.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -45,7 +48,9 @@ class CaptionerConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """``auto``: bfloat16 on GPU, float32 on CPU."""
     batch_size: int = 8
-    max_new_tokens: int = 512
+    max_new_tokens: int = 2048
+    """At most this many new tokens (VideoLLaMA2's default), fewer where the model's context ends first;
+    generation stops at the end-of-sequence token."""
     do_sample: bool = False
     """Greedy decoding unless true."""
     temperature: float = 0.2
@@ -66,6 +71,12 @@ class CaptionerConfig:
     """The instruction (default: the benchmark's, :func:`facetrack.model.prompt.benchmark_instruction`)."""
     use_system_prompt: bool = True
     """Open the conversation with VideoLLaMA2's system prompt."""
+    prompt_style: Literal["auto", "llama2", "chat"] = "auto"
+    """``auto``: ``llama2`` (VideoLLaMA2's v1.x template) for VideoLLaMA2 v1.x checkpoints, ``chat`` (the
+    tokenizer's chat template) for later ones and for ours (see :mod:`facetrack.model.prompt`)."""
+    preprocess: Literal["auto", "crop", "pad"] = "auto"
+    """How frames become squares: ``auto`` is the checkpoint's (``crop`` for VideoLLaMA2 folders, as its
+    inference does; what a fine-tuned checkpoint recorded); ``crop`` or ``pad`` override it."""
     cache_dir: str | None = None
     """Where ``s3://`` and hub checkpoints are cached."""
 
@@ -142,6 +153,7 @@ class Captioner:
         self._loaded: Any = None
         self._ids: list[int] = []
         self._prompt_text = ""
+        self._style = ""
         self._generation: Any = None
         self.num_frames = 0
 
@@ -220,10 +232,19 @@ class Captioner:
             model.encoder_chunk = cfg.encoder_chunk
         else:
             model.encoder_chunk = 16 if model.device.type == "cpu" else 0
+        if cfg.preprocess != "auto":
+            model.image_processor.mode = cfg.preprocess
         self.num_frames = cfg.num_frames or model.spec.num_frames
-        system = prompts.system_prompt() if cfg.use_system_prompt else None
-        self._prompt_text = prompts.caption_prompt(tokenizer, self.prompt, system=system)
-        self._ids = prompts.tokenize_with_video(self._prompt_text, tokenizer)
+        style = cfg.prompt_style
+        if style == "auto":
+            style = getattr(loaded, "prompt_style", "chat")
+        if style == "llama2":
+            system = prompts.llama2_system_prompt() if cfg.use_system_prompt else None
+        else:
+            system = prompts.system_prompt() if cfg.use_system_prompt else None
+        self._style = style
+        self._prompt_text = prompts.caption_prompt(tokenizer, self.prompt, system=system, style=style)
+        self._ids = prompts.prompt_ids(self._prompt_text, tokenizer, style=style)
         eos = tokenizer.eos_token_id
         sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else {}
         self._generation = GenerationConfig(
@@ -253,6 +274,23 @@ class Captioner:
         """The full prompt given to the model (chat format, system prompt, ``<video>`` placeholder)."""
         self.setup()
         return self._prompt_text
+
+    @property
+    def prompt_style(self) -> str:
+        """``llama2`` or ``chat``: how the prompt text was built."""
+        self.setup()
+        return self._style
+
+    @property
+    def input_ids(self) -> list[int]:
+        """The prompt's ids, with :data:`facetrack.model.prompt.VIDEO_TOKEN_INDEX` (-201) where the visual
+        tokens go."""
+        self.setup()
+        return list(self._ids)
+
+    def context_limit(self) -> int | None:
+        """The language model's context length (``max_position_embeddings``), if it has one."""
+        return getattr(self.model.llm.config, "max_position_embeddings", None)
 
     @property
     def model_name(self) -> str:
@@ -285,7 +323,8 @@ class Captioner:
         return results
 
     def _prepare(self, clip: Clip):
-        """``(frames tensor, crops tensor or None)`` for one clip; raises ValueError on bad input."""
+        """``(frames tensor, crops tensor or None, input length)`` for one clip; raises ValueError on bad
+        input or when the prompt and visual tokens leave no room in the model's context."""
         model = self._loaded.model
         frames = _check_images(clip.frames, "frames")
         frames = frames[resample_indices(len(frames), self.num_frames)]
@@ -295,31 +334,32 @@ class Captioner:
             crops = _check_images(clip.crops, "crops")
             crops = crops[resample_indices(len(crops), self.num_frames)]
             faces = model.preprocess_faces(crops)
-        needed = (
+        length = (
             len(self._ids) - 1
             + model.num_video_tokens(self.num_frames)
             + (model.num_face_tokens(self.num_frames) if faces is not None else 0)
-            + self.config.max_new_tokens
         )  # fmt: skip
-        limit = getattr(model.llm.config, "max_position_embeddings", None)
-        if limit is not None and needed > limit:
-            raise ValueError(f"prompt + visual tokens + max_new_tokens = {needed} exceed the model's {limit}")
-        return pixels, faces
+        limit = self.context_limit()
+        if limit is not None and length >= limit:
+            raise ValueError(f"prompt + visual tokens = {length} leave no room in the model's {limit}")
+        return pixels, faces, length
 
     def _caption_batch(self, clips: list[Clip]) -> list[CaptionResult]:
         start = time.perf_counter()
         results: list[CaptionResult | None] = [None] * len(clips)
         prepared: list[tuple[int, Any, Any]] = []
+        longest = 0
         for i, clip in enumerate(clips):
             try:
-                pixels, faces = self._prepare(clip)
+                pixels, faces, length = self._prepare(clip)
                 prepared.append((i, pixels, faces))
+                longest = max(longest, length)
             except Exception as exc:  # noqa: BLE001 - any bad clip becomes an error record
                 results[i] = CaptionResult(id=clip.id, error=f"bad input: {exc}")
         prep_s = time.perf_counter() - start
         if prepared:
             try:
-                texts = self._generate(prepared)
+                texts = self._generate(prepared, longest)
             except Exception as exc:  # noqa: BLE001 - isolate the clip that fails
                 if len(prepared) == 1:
                     i = prepared[0][0]
@@ -345,14 +385,26 @@ class Captioner:
                 r.timings = {"batch_size": float(len(clips)), "batch_s": wall, "prepare_s": prep_s}
         return out
 
-    def _generate(self, prepared: list[tuple[int, Any, Any]]) -> list[tuple[str, int]]:
+    def max_new_tokens_for(self, input_length: int) -> int:
+        """New tokens allowed after an input of ``input_length`` tokens: ``max_new_tokens``, or fewer where
+        the model's context ends first (VideoLLaMA2 generates up to 2048 where the context allows)."""
+        limit = self.context_limit()
+        room = self.config.max_new_tokens if limit is None else limit - input_length
+        return max(1, min(self.config.max_new_tokens, room))
+
+    def _generate(self, prepared: list[tuple[int, Any, Any]], longest: int) -> list[tuple[str, int]]:
         import torch
 
         model = self._loaded.model
         tokenizer = self._loaded.tokenizer
         pixels = torch.stack([p for _, p, _ in prepared])
         faces = [f for _, _, f in prepared]
-        out = model.generate([self._ids] * len(prepared), pixels, faces, generation_config=self._generation)
+        generation = self._generation
+        new_tokens = self.max_new_tokens_for(longest)
+        if new_tokens != generation.max_new_tokens:
+            generation = copy.deepcopy(generation)
+            generation.max_new_tokens = new_tokens
+        out = model.generate([self._ids] * len(prepared), pixels, faces, generation_config=generation)
         eos = tokenizer.eos_token_id
         texts = []
         for row in out.tolist():

@@ -86,6 +86,7 @@ MM_KEYS = (
     "face_encoder_path",
     "face_encoder_arch",
     "facetrack_name",
+    "facetrack_preprocess",
 )
 
 # Vision towers whose shape is known, so that a checkpoint carrying the tower's weights loads offline.
@@ -122,6 +123,15 @@ class LoadedModel:
     source: str
     kind: str
     """``facetrack``, ``videollama2`` or ``videollama2-lora``."""
+    family: str = "facetrack"
+    """``videollama2-v1`` (Mistral/Mixtral/Llama based VideoLLaMA2, run with its ``llama2`` template),
+    ``videollama2-later`` (other VideoLLaMA2 language models, run with the tokenizer's chat template) or
+    ``facetrack`` (our format: the prompt it was trained with)."""
+
+    @property
+    def prompt_style(self) -> str:
+        """The prompt style (:mod:`facetrack.model.prompt`) this checkpoint is asked with by default."""
+        return "llama2" if self.family == "videollama2-v1" else "chat"
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -212,6 +222,19 @@ def model_name(source: str, folder: Path) -> str:
     if parts[-1].startswith("checkpoint-") and len(parts) > 1:
         return f"{parts[-2]}_{parts[-1]}"
     return parts[-1]
+
+
+V1_MODEL_TYPES = ("videollama2", "videollama2_mistral", "videollama2_mixtral", "videollama2_llama")
+"""VideoLLaMA2 v1.x language models; their authors ran them with the ``llama2`` conversation template."""
+
+
+def checkpoint_family(folder: Path, kind: str | None = None) -> str:
+    """``videollama2-v1``, ``videollama2-later`` or ``facetrack`` (see :attr:`LoadedModel.family`)."""
+    kind = kind or detect_format(folder)
+    if kind == "facetrack":
+        return "facetrack"
+    model_type = str(_read_json(folder / "config.json").get("model_type", "videollama2_mistral"))
+    return "videollama2-v1" if model_type in V1_MODEL_TYPES else "videollama2-later"
 
 
 def detect_format(folder: Path) -> str:
@@ -490,7 +513,8 @@ def _spec_from_videollama2(
         select_feature=str(cfg.get("mm_vision_select_feature", "patch")),
         projector_type=str(cfg.get("mm_projector_type", "linear")),
         num_frames=int(cfg.get("num_frames") or 8),
-        pad_to_square=cfg.get("image_aspect_ratio", "pad") == "pad",
+        # VideoLLaMA2 infers with a crop whatever image_aspect_ratio says; our exports record theirs.
+        preprocess=str(cfg.get("facetrack_preprocess") or "crop"),
         face_encoder=str(cfg.get("face_encoder", "none")),
         face_tokens_per_frame=int(cfg.get("face_tokens_per_frame", 4)),
         face_encoder_arch=cfg.get("face_encoder_arch"),
@@ -603,7 +627,10 @@ def load_model(
     model.to(device=device, dtype=dtype)
     name = model.spec.name or model_name(os.fspath(source), folder)
     log.info("loaded %s checkpoint %s from %s", kind, name, source)
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=os.fspath(source), kind=kind)
+    family = checkpoint_family(folder, kind)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, name=name, source=os.fspath(source), kind=kind, family=family
+    )
 
 
 def _apply_adapter(model: FaceTrackMM, adapter_dir: Path, merge: bool) -> None:
@@ -819,7 +846,8 @@ def save_videollama2(
         mm_hidden_size=model.vision_tower.hidden_size,
         mm_vision_select_layer=spec.select_layer,
         mm_vision_select_feature=spec.select_feature,
-        image_aspect_ratio="pad" if spec.pad_to_square else "square",
+        image_aspect_ratio="pad" if spec.preprocess == "pad" else "square",
+        facetrack_preprocess=spec.preprocess,
         num_frames=spec.num_frames,
         use_mm_proj=True,
         tune_mm_mlp_adapter=False,

@@ -61,7 +61,9 @@ class ModelSpec:
     select_feature: str = "patch"
     projector_type: str = "stc_connector"
     num_frames: int = 8
-    pad_to_square: bool = True
+    preprocess: str = "crop"
+    """How frames become squares for the vision tower: ``crop`` (VideoLLaMA2's inference) or ``pad``
+    (see :class:`facetrack.model.vision.ImagePreprocessor`); fine-tuning records the one it trained with."""
     face_encoder: str = "none"
     """``none`` (frames only), ``vision_tower`` (the vision tower on the crops) or ``facexformer``."""
     face_tokens_per_frame: int = 4
@@ -76,12 +78,18 @@ class ModelSpec:
             raise ValueError(f"face_tokens_per_frame must be >= 1, got {self.face_tokens_per_frame}")
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.preprocess not in ("crop", "pad"):
+            raise ValueError(f"preprocess must be 'crop' or 'pad', got {self.preprocess!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        data = dict(data)
+        if "pad_to_square" in data:  # written before ``preprocess``: padded frames, or squashed (now cropped)
+            legacy = data.pop("pad_to_square")
+            data.setdefault("preprocess", "pad" if legacy else "crop")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -160,7 +168,7 @@ class FaceTrackMM(nn.Module):
         )
         self.mm_projector = build_projector(spec.projector_type, self.vision_tower.hidden_size, hidden)
         self.image_processor = ImagePreprocessor.from_dict(
-            spec.image or {"crop_size": self.vision_tower.image_size}, pad_to_square=spec.pad_to_square
+            spec.image or {"crop_size": self.vision_tower.image_size}, mode=spec.preprocess
         )
         self.face_encoder: FaceXFormerEncoder | None = None
         self.face_projector: nn.Module | None = None
@@ -169,7 +177,9 @@ class FaceTrackMM(nn.Module):
             arch = dict(spec.face_encoder_arch or {})
             self.face_encoder = FaceXFormerEncoder(**arch)
             self.face_projector = face_projector(self.face_encoder.hidden_size, hidden)
-            self.face_processor = ImagePreprocessor(size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+            self.face_processor = ImagePreprocessor(
+                size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, mode="pad"
+            )
         elif spec.face_encoder == "vision_tower":
             self.face_projector = face_projector(self.vision_tower.hidden_size, hidden)
             self.face_processor = self.image_processor

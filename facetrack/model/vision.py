@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -14,30 +13,69 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-@dataclass
-class ImagePreprocessor:
-    """Turns ``(N, H, W, 3)`` uint8 RGB frames into normalised ``(N, 3, size, size)`` float tensors.
+PreprocessMode = Literal["crop", "pad", "squash"]
+"""How a frame becomes a square: ``crop`` (shortest edge resized, centre crop: CLIP's image processor and
+VideoLLaMA2's inference), ``pad`` (padded to a square with the mean colour first, then resized: VideoLLaMA2's
+``image_aspect_ratio: pad``) or ``squash`` (resized to the square, aspect ratio not kept)."""
+PREPROCESS_MODES: tuple[str, ...] = ("crop", "pad", "squash")
 
-    With ``pad_to_square`` (VideoLLaMA2's ``image_aspect_ratio: pad``) a frame is first padded to a square
-    with the mean colour, centred, so that nothing is cropped away; it is then resized with bicubic
-    interpolation and normalised with ``mean``/``std``.
+
+class ImagePreprocessor:
+    """Turns ``(N, H, W, 3)`` uint8 RGB frames into normalised ``(N, 3, size, size)`` float32 tensors.
+
+    ``crop`` and ``pad`` do what CLIP's image processor does (transformers' ``CLIPImageProcessor`` with
+    Pillow, as VideoLLaMA2 ran it): Pillow bicubic resize of the shortest edge to ``size`` (the long edge
+    ``int(size * long / short)``), centre crop (top ``(h - size) // 2``, left ``(w - size) // 2``), then
+    ``x / 255`` in float64 cast to float32, minus ``mean``, divided by ``std`` in float32. ``pad`` first
+    pastes the frame in the middle of a square of the mean colour (``int(m * 255)`` per channel), as
+    VideoLLaMA2's ``expand2square``. ``squash`` (used for face crops) resizes straight to the square with
+    torch's antialiased bicubic kernel.
+
+    Args:
+        size: output side in pixels.
+        mean, std: normalisation (0-1 scale).
+        mode: ``crop``, ``pad`` or ``squash`` (see :data:`PreprocessMode`).
+        pad_to_square: older spelling: ``True`` is ``pad``, ``False`` is ``crop`` (ignored when ``mode`` is
+            given).
     """
 
-    size: int = 336
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
-    pad_to_square: bool = True
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    def __init__(
+        self,
+        size: int = 336,
+        mean: tuple[float, float, float] = CLIP_MEAN,
+        std: tuple[float, float, float] = CLIP_STD,
+        pad_to_square: bool | None = None,
+        mode: PreprocessMode | None = None,
+    ) -> None:
+        if mode is None:
+            mode = "crop" if pad_to_square is False else "pad"
+        if mode not in PREPROCESS_MODES:
+            raise ValueError(f"preprocess mode must be one of {', '.join(PREPROCESS_MODES)}, got {mode!r}")
+        if int(size) < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.size = int(size)
+        self.mean = tuple(float(x) for x in mean)
+        self.std = tuple(float(x) for x in std)
+        self.mode: PreprocessMode = mode
+
+    def __repr__(self) -> str:
+        return f"ImagePreprocessor(size={self.size}, mode={self.mode!r}, mean={self.mean}, std={self.std})"
+
+    @property
+    def pad_to_square(self) -> bool:
+        return self.mode == "pad"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], pad_to_square: bool = True) -> ImagePreprocessor:
+    def from_dict(
+        cls, data: dict[str, Any], pad_to_square: bool | None = None, mode: PreprocessMode | None = None
+    ) -> ImagePreprocessor:
         """From a ``preprocessor_config.json`` mapping (CLIP/SigLIP image processor keys)."""
         size = data.get("crop_size") or data.get("size") or 336
         if isinstance(size, dict):
             size = size.get("height") or size.get("shortest_edge") or size.get("width")
         mean = tuple(float(x) for x in data.get("image_mean", CLIP_MEAN))
         std = tuple(float(x) for x in data.get("image_std", CLIP_STD))
-        return cls(size=int(size), mean=mean, std=std, pad_to_square=pad_to_square)
+        return cls(size=int(size), mean=mean, std=std, pad_to_square=pad_to_square, mode=mode)
 
     def to_dict(self) -> dict[str, Any]:
         """A ``preprocessor_config.json`` mapping that :meth:`from_dict` and CLIPImageProcessor both read."""
@@ -56,24 +94,42 @@ class ImagePreprocessor:
 
     @property
     def fill(self) -> tuple[int, int, int]:
-        """The padding colour: the normalisation mean in 0-255."""
+        """The padding colour: the normalisation mean in 0-255 (``int(m * 255)``, as VideoLLaMA2)."""
         return tuple(int(x * 255) for x in self.mean)
 
-    def resize(self, images: np.ndarray) -> torch.Tensor:
-        """``(N, H, W, 3)`` uint8 frames -> ``(N, 3, size, size)`` uint8, padded (if set) and resized.
+    def resize_one(self, image: np.ndarray) -> np.ndarray:
+        """One ``(H, W, 3)`` uint8 frame -> ``(size, size, 3)`` uint8 in ``crop`` or ``pad`` mode (Pillow)."""
+        from PIL import Image
 
-        One torch call for all frames (bicubic with antialiasing on uint8, Pillow's kernel): within 2 grey
-        levels of Pillow's ``Image.resize(..., BICUBIC)``, which CLIP's image processor uses, and several
-        times faster.
+        pil = Image.fromarray(np.ascontiguousarray(image))
+        if self.mode == "pad":
+            w, h = pil.size
+            if w != h:
+                side = max(w, h)
+                canvas = Image.new(pil.mode, (side, side), self.fill)
+                canvas.paste(pil, ((side - w) // 2, (side - h) // 2))
+                pil = canvas
+        w, h = pil.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.size, int(self.size * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        if (new_w, new_h) != (w, h):
+            pil = pil.resize((new_w, new_h), resample=Image.BICUBIC)
+        out = np.asarray(pil)
+        top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
+        return out[top : top + self.size, left : left + self.size]
+
+    def resize(self, images: np.ndarray) -> torch.Tensor:
+        """``(N, H, W, 3)`` uint8 frames -> ``(N, 3, size, size)`` uint8, made square by :attr:`mode`.
+
+        ``squash`` is one torch call for all frames (bicubic with antialiasing on uint8: within 2 grey levels
+        of Pillow's kernel and several times faster); ``crop`` and ``pad`` go through Pillow, frame by frame,
+        so that they give CLIP's image processor's pixels exactly.
         """
+        if self.mode != "squash":
+            arr = np.stack([self.resize_one(img) for img in images])
+            return torch.from_numpy(arr).permute(0, 3, 1, 2)
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-        n, _, h, w = x.shape
-        if self.pad_to_square and h != w:
-            side = max(h, w)
-            canvas = torch.tensor(self.fill, dtype=torch.uint8).view(1, 3, 1, 1).repeat(n, 1, side, side)
-            top, left = (side - h) // 2, (side - w) // 2
-            canvas[:, :, top : top + h, left : left + w] = x
-            x = canvas
         if x.shape[-2:] != (self.size, self.size):
             size = (self.size, self.size)
             x = F.interpolate(x.contiguous(), size=size, mode="bicubic", antialias=True, align_corners=False)
@@ -86,10 +142,11 @@ class ImagePreprocessor:
             raise ValueError(f"images must be (N, H, W, 3) RGB, got shape {images.shape}")
         if images.dtype != np.uint8:
             raise ValueError(f"images must be uint8, got {images.dtype}")
-        x = self.resize(images).float()
-        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(1, 3, 1, 1)
-        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)]).view(1, 3, 1, 1)
-        return x.mul_(scale).add_(shift)
+        x = self.resize(images).permute(0, 2, 3, 1).numpy()
+        # transformers' rescale (float64, then float32) and normalize (float32), channels last.
+        x = (x.astype(np.float64) * (1 / 255)).astype(np.float32)
+        x = (x - np.array(self.mean, dtype=np.float32)) / np.array(self.std, dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
 VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model")

@@ -81,10 +81,10 @@ def test_a_failing_batch_is_retried_clip_by_clip(
     poisoned = captioner.model.preprocess_frames(clips[1].frames[resample_indices(12, 8)])
     real = captioner._generate
 
-    def generate(prepared):
+    def generate(prepared, longest):
         if any(torch.equal(pixels, poisoned) for _, pixels, _ in prepared):
             raise RuntimeError("simulated failure")
-        return real(prepared)
+        return real(prepared, longest)
 
     monkeypatch.setattr(captioner, "_generate", generate)
     results = captioner.caption(clips[:3])
@@ -124,17 +124,36 @@ def test_prompt_model_name_and_overrides(captioner: Captioner, tiny_dir: Path, m
         )
     )
     custom.setup()
-    assert custom.prompt_text == "<s>[INST] <video>\nDescribe the face. [/INST]"
+    # The tiny checkpoint is a VideoLLaMA2 v1.x folder: its llama2 template, BOS as an id, not as text.
+    assert custom.prompt_style == "llama2"
+    assert custom.prompt_text == "[INST] <video>\nDescribe the face. [/INST]"
+    assert custom.input_ids[0] == 1 and custom.input_ids.count(-201) == 1
     assert custom.model_name == "facetrack-tiny"
     assert custom.num_frames == 4 and custom.model.face_tokens_per_frame == 2
     (result,) = custom.caption([make_clip("z", 9, frames=8)])
     assert result.ok and result.used_faces
 
 
-def test_context_overflow_is_a_clip_error(tiny_dir: Path, make_clip) -> None:
-    c = Captioner(CaptionerConfig(model=str(tiny_dir), max_new_tokens=40000))
-    (result,) = c.caption([make_clip("long", 0)])
-    assert result.error and "exceed the model's 32768" in result.error
+def test_new_tokens_stop_where_the_context_ends(
+    captioner: Captioner, make_clip, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = captioner.model
+    clip = make_clip("long", 0)
+    length = len(captioner.input_ids) - 1 + model.num_video_tokens(8) + model.num_face_tokens(8)
+    assert captioner.max_new_tokens_for(length) == 12  # the context (32768) allows all of them
+    monkeypatch.setattr(model.llm.config, "max_position_embeddings", length + 3)
+    assert captioner.max_new_tokens_for(length) == 3
+    (result,) = captioner.caption([clip])
+    assert result.ok and 1 <= result.num_tokens <= 3
+    monkeypatch.setattr(model.llm.config, "max_position_embeddings", length)
+    (result,) = captioner.caption([clip])
+    assert result.error and f"= {length} leave no room in the model's {length}" in result.error
+
+
+def test_default_generation_is_videollama2s() -> None:
+    config = CaptionerConfig(model="m")
+    assert (config.max_new_tokens, config.do_sample) == (2048, False)
+    assert (config.prompt_style, config.preprocess, config.dtype) == ("auto", "auto", "auto")
 
 
 def test_cpu_float32_by_default_and_cuda_checked(tiny_dir: Path) -> None:

@@ -47,7 +47,10 @@ def test_videollama2_folder_round_trip(tiny_model, tiny_dir: Path, loaded) -> No
     config = json.loads((tiny_dir / "config.json").read_text())
     assert config["model_type"] == "videollama2_mistral"
     assert config["mm_projector_type"] == "stc_connector" and config["mm_hidden_size"] == 32
-    assert config["mm_vision_select_layer"] == -2 and config["image_aspect_ratio"] == "pad"
+    assert config["mm_vision_select_layer"] == -2
+    # The tiny model crops, as VideoLLaMA2's inference does; the folder says so.
+    assert config["facetrack_preprocess"] == "crop" and config["image_aspect_ratio"] == "square"
+    assert loaded.model.spec.preprocess == "crop" and loaded.model.image_processor.mode == "crop"
     assert loaded.kind == "videollama2" and loaded.name == tiny_dir.name
     assert loaded.model.spec.llm["model_type"] == "mistral"
     assert_same_weights(tiny_model, loaded.model)
