@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import replace
 from typing import Any
 
 from evaluation import autodq, ngram, tem, vcgpt
@@ -19,6 +20,7 @@ from evaluation.data import Item, Pairing
 from evaluation.judges import build_judge
 from evaluation.judges.base import Judge
 from evaluation.judges.cache import CachedJudge, JudgeCache
+from evaluation.prompts import PromptSet, load_prompt_set
 from evaluation.report import write_reports
 from evaluation.results import JUDGED_METRICS, EvalConfig, ItemResult
 
@@ -38,9 +40,48 @@ def cache_uri(config: EvalConfig, out_uri: str | None) -> str | None:
     return storage.join(out_uri, "judge_cache")
 
 
-def open_judge(config: EvalConfig, out_uri: str | None, judge: Judge | None = None) -> CachedJudge:
+METRIC_STAGES: dict[str, tuple[str, ...]] = {
+    "tem": ("tem_events", "tem_relations"),
+    "autodq": ("dq_events", "dq_entailment"),
+    "vcgpt": tuple(f"vcgpt_{c}" for c in vcgpt.VCGPT_CRITERIA),
+}
+"""The judge stages each judged metric asks."""
+
+
+def prepare(config: EvalConfig) -> tuple[EvalConfig, PromptSet]:
+    """The run's prompt set, checked before any judge call, and the config to score with.
+
+    An LLM judge's set must have every stage the run's metrics ask; the VideoChatGPT question comes from
+    the set's ``fec_question`` unless ``vcgpt.question`` is set.
+
+    Raises:
+        FileNotFoundError, ValueError: the set cannot be read, or lacks a stage or key the run needs.
+    """
+    prompts = load_prompt_set(config.judge.prompt_source() or None)
+    if config.judge.kind != "embedded":
+        for metric in config.metrics:
+            prompts.require(METRIC_STAGES.get(metric, ()), metric)
+    if "vcgpt" in config.metrics and not config.vcgpt.question:
+        if not prompts.fec_question:
+            raise ValueError(
+                f"prompt set {prompts.name} ({prompts.source}): common.fec_question is needed by vcgpt"
+            )
+        config = replace(config, vcgpt=replace(config.vcgpt, question=prompts.fec_question))
+    return config, prompts
+
+
+def prompts_info(config: EvalConfig) -> dict[str, Any]:
+    """The prompt set's name, hash and source as the reports show them; ``used`` is false for the
+    embedded judge, which answers by rules."""
+    info = load_prompt_set(config.judge.prompt_source() or None).describe()
+    return {**info, "used": config.judge.kind != "embedded"}
+
+
+def open_judge(
+    config: EvalConfig, out_uri: str | None, judge: Judge | None = None, prompts: PromptSet | None = None
+) -> CachedJudge:
     """The configured judge (or ``judge``) in front of the run's cache."""
-    judge = judge if judge is not None else build_judge(config.judge)
+    judge = judge if judge is not None else build_judge(config.judge, prompts)
     uri = cache_uri(config, out_uri)
     return CachedJudge(judge, JudgeCache(uri) if uri else None)
 
@@ -171,6 +212,7 @@ def summarize(
     report: dict[str, Any] = {
         "model": config.model_name,
         "judge": dict(judge_info),
+        "prompts": prompts_info(config),
         "counts": {**pairing.counts(), "scored": n_judged, "missing_policy": config.missing},
         "metrics": metrics,
         "table": table_row(metrics),
@@ -219,7 +261,8 @@ def evaluate(
     start = time.perf_counter()
     if config.tokenizer == "ptb" and {"cider", "rouge_l"} & set(config.metrics):
         ngram.require_ptb()  # before any judge call, not after them
-    cached = open_judge(config, out_uri, judge)
+    config, prompts = prepare(config)
+    cached = open_judge(config, out_uri, judge, prompts)
     try:
         results = judge_items(pairing.items, cached, config, progress=progress)
     finally:

@@ -70,6 +70,19 @@ def _count_lines(metrics: Mapping[str, Any]) -> list[str]:
     return ["", "Counts: " + "; ".join(parts) + "."] if parts else []
 
 
+def _prompts_line(prompts: Mapping[str, Any] | None) -> str:
+    """Which prompt set the judge was given: name, hash and source."""
+    if not prompts:
+        return "Prompts: not recorded."
+    where = (
+        "shipped with facetrack" if prompts.get("source") == "shipped" else f"from `{prompts.get('source')}`"
+    )
+    named = f"`{prompts.get('name')}` (sha256 `{prompts.get('hash')}`, {where})"
+    if not prompts.get("used", True):
+        return f"Prompts: {named}, not used: the embedded judge answers by rules, not prompts."
+    return f"Prompts: {named}."
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The human-readable report: the table in the paper's columns, then details and counts."""
     judge = report.get("judge", {})
@@ -77,6 +90,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     metrics = report.get("metrics", {})
     lines = [f"# Benchmark report: {report.get('model', 'model')}", ""]
     lines.append(f"Judge: `{judge.get('name', '?')}`.")
+    lines.append(_prompts_line(report.get("prompts")))
     if judge.get("approximate"):
         lines += ["", f"> **Approximate judge.** {judge.get('note', '')}"]
     lines += [

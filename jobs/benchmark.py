@@ -27,8 +27,18 @@ from ray.util import ActorPool
 
 from evaluation.data import DataError, Item, Pairing, load_records, pair
 from evaluation.judges import build_judge
+from evaluation.judges.base import JudgeFatalError
 from evaluation.judges.cache import CachedJudge, JudgeCache
-from evaluation.pipeline import JUDGED_METRICS, EvalConfig, ItemResult, cache_uri, judge_items, summarize
+from evaluation.pipeline import (
+    JUDGED_METRICS,
+    EvalConfig,
+    ItemResult,
+    cache_uri,
+    judge_items,
+    prepare,
+    summarize,
+)
+from evaluation.prompts import PromptSet
 from evaluation.report import write_reports
 from facetrack import storage
 from facetrack.config import ConfigError, load_config
@@ -43,10 +53,11 @@ class CaptionUnavailable(RuntimeError):
 class JudgeWorker:
     """A Ray actor holding one judge (loaded once) and a writer of the shared judge cache."""
 
-    def __init__(self, config: EvalConfig, cache: str | None) -> None:
+    def __init__(self, config: EvalConfig, cache: str | None, prompts: PromptSet | None = None) -> None:
         logging.basicConfig(level=logging.INFO)
         self.config = config
-        self.judge = CachedJudge(build_judge(config.judge), JudgeCache(cache) if cache else None)
+        judge = build_judge(config.judge, prompts)  # the set is read on the driver: no file needed here
+        self.judge = CachedJudge(judge, JudgeCache(cache) if cache else None)
 
     def score(self, items: list[Item]) -> list[dict[str, Any]]:
         """Judge a chunk of items; their answers are in the cache before the results return."""
@@ -86,23 +97,31 @@ def _merge_stats(parts: Sequence[dict[str, dict[str, int]]]) -> dict[str, dict[s
 
 
 def score_on_ray(
-    pairing: Pairing, config: EvalConfig, out_uri: str, workers: int = 2, items_per_task: int = 8
+    pairing: Pairing,
+    config: EvalConfig,
+    out_uri: str,
+    workers: int = 2,
+    items_per_task: int = 8,
+    prompts: PromptSet | None = None,
 ) -> tuple[list[ItemResult], dict[str, Any], dict[str, dict[str, int]]]:
-    """Judge every paired item on Ray actors.
+    """Judge every paired item on Ray actors (``prompts``: the set loaded on the driver, see
+    :func:`~evaluation.pipeline.prepare`; without it, it is loaded here).
 
     Returns:
         The results in the order of ``pairing.items``, the judge's description and the merged counts.
     """
+    if prompts is None:
+        config, prompts = prepare(config)
     items = list(pairing.items)
     if not items or not any(m in config.metrics for m in JUDGED_METRICS):
-        judge = build_judge(config.judge)
+        judge = build_judge(config.judge, prompts)
         info = judge.describe() if hasattr(judge, "describe") else {"name": judge.name}
         return [ItemResult(id=it.id) for it in items], info, {}
     chunks = [items[i : i + items_per_task] for i in range(0, len(items), max(1, items_per_task))]
     n_actors = max(1, min(workers, len(chunks)))
     worker_cls = ray.remote(JudgeWorker).options(**actor_options(config))
     cache = cache_uri(config, out_uri)
-    actors = [worker_cls.remote(config, cache) for _ in range(n_actors)]
+    actors = [worker_cls.remote(config, cache, prompts) for _ in range(n_actors)]
     start = time.perf_counter()
     done: dict[str, ItemResult] = {}
     try:
@@ -128,7 +147,8 @@ def run(
 ) -> dict[str, Any]:
     """Score ``pairing`` on the connected Ray, write the reports under ``out_uri``, return the report."""
     start = time.perf_counter()
-    results, info, stats = score_on_ray(pairing, config, out_uri, workers, items_per_task)
+    config, prompts = prepare(config)
+    results, info, stats = score_on_ray(pairing, config, out_uri, workers, items_per_task, prompts)
     judged = time.perf_counter() - start
     report = summarize(results, pairing, config, info, stats, timings={"judging_s": judged})
     report["timings"]["items_per_s"] = len(pairing.items) / judged if judged > 0 else None
@@ -213,7 +233,17 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"benchmark: {exc}", file=sys.stderr)
         return 2
     workers = max(1, args.workers)
-    report = run(pairing, config, args.out, workers=workers, items_per_task=max(1, args.items_per_task))
+    try:
+        report = run(pairing, config, args.out, workers=workers, items_per_task=max(1, args.items_per_task))
+    except (JudgeFatalError, ray.exceptions.RayTaskError) as exc:
+        cause = getattr(exc, "cause", exc)
+        if not isinstance(cause, JudgeFatalError):
+            raise
+        print(f"benchmark: the judge refuses every request, stopped: {cause}", file=sys.stderr)
+        return 3
+    except (FileNotFoundError, ValueError) as exc:  # e.g. a prompt set that lacks a stage
+        print(f"benchmark: {exc}", file=sys.stderr)
+        return 2
     print_table(report, args.out.rstrip("/"))
     return 0
 

@@ -11,10 +11,11 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Literal
 
-from evaluation.judges.base import Judge, JudgeError
+from evaluation.judges.base import Judge, JudgeError, JudgeFatalError
 from evaluation.judges.embedded import EmbeddedJudgeConfig
 from evaluation.judges.local_hf import TransformersJudgeConfig
 from evaluation.judges.openai_compat import OpenAIJudgeConfig
+from evaluation.prompts import PromptSet
 
 JudgeKind = Literal["embedded", "openai", "transformers"]
 
@@ -25,7 +26,7 @@ JUDGES: dict[str, str] = {
     "transformers": "evaluation.judges:_transformers",
 }
 
-__all__ = ["JUDGES", "Judge", "JudgeConfig", "JudgeError", "build_judge"]
+__all__ = ["JUDGES", "Judge", "JudgeConfig", "JudgeError", "JudgeFatalError", "build_judge"]
 
 
 @dataclass
@@ -35,43 +36,55 @@ class JudgeConfig:
     kind: JudgeKind = "embedded"
     max_parse_retries: int = 2
     """LLM judges: how many times an unusable answer is asked again before the request fails."""
+    prompts: str = ""
+    """LLM judges: a prompt set to use instead of the shipped one: a folder laid out like
+    ``evaluation/prompts/`` or one YAML/JSON file (schema in ``evaluation/prompts/README.md``)."""
     prompt_dir: str = ""
-    """LLM judges: a folder of prompt files to use instead of the shipped ones."""
+    """The older name of ``prompts`` (a folder); ``prompts`` wins when both are set."""
     embedded: EmbeddedJudgeConfig = field(default_factory=EmbeddedJudgeConfig)
     openai: OpenAIJudgeConfig = field(default_factory=OpenAIJudgeConfig)
     transformers: TransformersJudgeConfig = field(default_factory=TransformersJudgeConfig)
 
+    def prompt_source(self) -> str:
+        """Where this config's prompt set is ("" for the shipped one)."""
+        return self.prompts or self.prompt_dir
 
-def _embedded(config: JudgeConfig) -> Judge:
+
+def _embedded(config: JudgeConfig, prompts: PromptSet | None) -> Judge:
     from evaluation.judges.embedded import EmbeddedJudge
 
     return EmbeddedJudge(config.embedded)
 
 
-def _openai(config: JudgeConfig) -> Judge:
+def _openai(config: JudgeConfig, prompts: PromptSet | None) -> Judge:
     from evaluation.judges.llm import LLMJudge
     from evaluation.judges.openai_compat import OpenAIChat
 
-    return LLMJudge(OpenAIChat(config.openai), config.prompt_dir or None, config.max_parse_retries)
+    return LLMJudge(OpenAIChat(config.openai), prompts or config.prompt_source(), config.max_parse_retries)
 
 
-def _transformers(config: JudgeConfig) -> Judge:
+def _transformers(config: JudgeConfig, prompts: PromptSet | None) -> Judge:
     from evaluation.judges.llm import LLMJudge
     from evaluation.judges.local_hf import TransformersChat
 
     return LLMJudge(
-        TransformersChat(config.transformers), config.prompt_dir or None, config.max_parse_retries
+        TransformersChat(config.transformers), prompts or config.prompt_source(), config.max_parse_retries
     )
 
 
-def build_judge(config: JudgeConfig | None = None) -> Judge:
+def build_judge(config: JudgeConfig | None = None, prompts: PromptSet | None = None) -> Judge:
     """The judge that ``config.kind`` names.
 
+    Args:
+        config: the judge's kind and settings.
+        prompts: an already loaded prompt set (e.g. loaded on a Ray driver and shipped to the actors);
+            without it an LLM judge loads the set ``config.prompts`` names.
+
     Raises:
-        ValueError: unknown kind or an incomplete config for that kind (e.g. no endpoint URL).
+        ValueError: unknown kind or an incomplete config for that kind (e.g. no model name).
     """
     config = config or JudgeConfig()
     if config.kind not in JUDGES:
         raise ValueError(f"unknown judge kind {config.kind!r}; known: {', '.join(JUDGES)}")
     module_name, factory = JUDGES[config.kind].split(":")
-    return getattr(importlib.import_module(module_name), factory)(config)
+    return getattr(importlib.import_module(module_name), factory)(config, prompts)

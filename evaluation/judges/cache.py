@@ -1,10 +1,14 @@
 """Judge answers cached on disk or in object storage, so a re-run makes no judge call and a crash resumes.
 
-An answer is keyed by (judge name, stage version, stage, hash of the inputs). The cache is a folder (local
-path or ``s3://`` prefix) of JSON-lines segments. Each writer appends to a segment of its own: locally one
-file written line by line and flushed after every answer (a crash loses at most a half-written line,
-which is skipped on load); in object storage, where objects cannot be appended to, a new segment object
-every ``flush_every`` answers and on :meth:`JudgeCache.flush`. Several processes can share one cache.
+An answer is keyed by (judge name with its model and sampling parameters, stage version, stage, hash of
+the inputs); an LLM judge's stage version is its prompt's version plus a digest of that prompt's text (its
+part of the prompt set's hash), so a changed prompt is asked again and unchanged stages are reused.
+
+The cache is a folder (local path or ``s3://`` prefix) of JSON-lines segments. Each writer appends to a
+segment of its own: locally one file written line by line and flushed after every answer (a crash loses
+at most a half-written line, which is skipped on load); in object storage, where objects cannot be
+appended to, a new segment object every ``flush_every`` answers and on :meth:`JudgeCache.flush`. Several
+processes can share one cache.
 """
 
 from __future__ import annotations
@@ -138,7 +142,16 @@ class JudgeCache:
                 self._file = None
 
 
-SAMPLING_KEYS = ("model", "temperature", "max_tokens", "max_new_tokens", "do_sample", "top_p")
+SAMPLING_KEYS = (
+    "model",
+    "temperature",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_new_tokens",
+    "do_sample",
+    "top_p",
+    "seed",
+)
 """What of a judge's ``describe()`` changes its answers, so goes into the cache key with its name."""
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from evaluation.judges.base import AnswerError, JudgeError, check_inputs, validate_answer
-from evaluation.prompts import load_prompt
+from evaluation.prompts import PromptSet, load_prompt_set
 
 _FENCE = re.compile(r"```(?:json|python)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 
@@ -64,27 +64,27 @@ class LLMJudge:
 
     Args:
         backend: where the messages go.
-        prompt_dir: a folder of prompt files to use instead of the shipped ones.
+        prompts: the prompt set, or where to load it from (a folder or a file; empty: the shipped set).
         max_parse_retries: how many times an unusable answer is asked again.
     """
 
     approximate = False
 
     def __init__(
-        self, backend: ChatBackend, prompt_dir: str | None = None, max_parse_retries: int = 2
+        self, backend: ChatBackend, prompts: PromptSet | str | None = None, max_parse_retries: int = 2
     ) -> None:
         self.backend = backend
-        self.prompt_dir = prompt_dir
+        self.prompts = prompts if isinstance(prompts, PromptSet) else load_prompt_set(prompts or None)
         self.max_parse_retries = max(0, max_parse_retries)
         self.name = backend.name
         self.max_concurrency = backend.max_concurrency
 
     def stage_version(self, stage: str) -> str:
-        return load_prompt(stage, self.prompt_dir).cache_version
+        return self.prompts.prompt(stage).cache_version
 
     def ask(self, stage: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
         check_inputs(stage, inputs)
-        prompt = load_prompt(stage, self.prompt_dir)
+        prompt = self.prompts.prompt(stage)
         messages = prompt.render(inputs)
         last_error = ""
         for _ in range(1 + self.max_parse_retries):
@@ -106,4 +106,10 @@ class LLMJudge:
     def describe(self) -> dict[str, Any]:
         describe = getattr(self.backend, "describe", None)
         out = describe() if callable(describe) else {}
-        return {"name": self.name, "approximate": False, "kind": "llm", **out}
+        return {
+            "name": self.name,
+            "approximate": False,
+            "kind": "llm",
+            **out,
+            "prompts": self.prompts.describe(),
+        }

@@ -15,6 +15,11 @@ Examples:
   facetrack tem --pred preds.json --ref fec_bench.json --out eval/ \\
       --judge openai --judge-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct
   facetrack tem --pred preds.json --ref fec_bench.json --out eval/ --metrics all tem.opposite=penalize
+  facetrack tem --pred preds.json --ref fec_bench.json --out eval/ --judge openai \\
+      --judge-model gpt-4o-mini --prompts my_prompts.yaml
+
+Every report names the prompt set and its hash; --prompts takes your own set (a YAML/JSON file or a folder,
+schema in evaluation/prompts/README.md), e.g. to reproduce published numbers with the prompts they used.
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser, default_metrics: tuple[s
         "--judge-url", help="base URL of an OpenAI-compatible endpoint, e.g. http://host:8000/v1"
     )
     parser.add_argument("--judge-model", help="model name at the endpoint, or a transformers model path/id")
+    parser.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="the LLM judge's prompt set: a YAML/JSON file or a folder like evaluation/prompts/ "
+        "(schema: evaluation/prompts/README.md; default: the shipped set)",
+    )
     parser.add_argument(
         "--cache", help="judge cache folder or s3:// prefix ('off' disables; default OUT/judge_cache)"
     )
@@ -91,6 +102,8 @@ def eval_config_from_args(args: argparse.Namespace, default_metrics: tuple[str, 
     if args.judge_model:
         section = "transformers" if kind == "transformers" else "openai"
         judge.setdefault(section, {})["model"] = args.judge_model
+    if getattr(args, "prompts", None):
+        judge["prompts"] = args.prompts
     if judge:
         data = _merge(data, {"judge": judge})
     if args.metrics:

@@ -477,3 +477,31 @@ def test_garbage_answers_are_failed_items(llm: FakeLLM, tmp_path: Path) -> None:
     assert tem["failed_ids"] == ["0"] and tem["n_failed"] == 1
     assert tem["n_items"] == 3 and tem["n_scored"] == 3, "a failed item counts as 0 by default"
     assert tem["precision"] == pytest.approx(2 / 3)
+
+
+def test_a_users_prompt_set_reaches_the_judge_and_is_named_in_the_report(
+    llm: FakeLLM, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from evaluation.prompts import load_prompt_set
+    from facetrack import cli
+
+    shipped = load_prompt_set()
+    stages = {s: dict(shipped.stages[s]) for s in ("tem_events", "tem_relations")}
+    stages["tem_events"]["system"] = "You are judge Zeta. JSON only."
+    path = tmp_path / "zeta.yaml"
+    path.write_text(yaml.safe_dump({"name": "zeta", "common": dict(shipped.common), "stages": stages}))
+    args, out = _tem_args(tmp_path, llm, n=2)
+    assert cli.main(args + ["--prompts", str(path)]) == 0
+    assert any(r["messages"][0]["content"] == "You are judge Zeta. JSON only." for r in llm.requests)
+    report = json.loads((out / "report.json").read_text())
+    expected = load_prompt_set(str(path))
+    assert report["prompts"]["name"] == "zeta" and report["prompts"]["hash"] == expected.hash
+    assert expected.hash != shipped.hash
+    assert f"`zeta` (sha256 `{expected.hash}`, from `{path}`)" in (out / "report.md").read_text()
+    # The set lacks the AutoDQ stages: asking for autodq stops before any request, naming them.
+    sent = len(llm.requests)
+    assert cli.main(args + ["--prompts", str(path), "--metrics", "tem,autodq"]) == 2
+    assert "no prompt for dq_events, dq_entailment (needed by autodq)" in capsys.readouterr().err
+    assert len(llm.requests) == sent

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from evaluation.judges.base import STAGES, AnswerError, validate_answer
 from evaluation.judges.llm import parse_json_answer
-from evaluation.prompts import PROMPT_DIR, load_prompt
+from evaluation.prompts import PROMPT_DIR, load_prompt, load_prompt_set
 
 SAMPLE_INPUTS = {
     "caption": "He smiles, then his mouth opens.",
@@ -144,5 +146,102 @@ def test_a_prompt_file_must_name_its_stage(tmp_path: Path) -> None:
     (tmp_path / "tem_events.yaml").write_text("stage: dq_events\nversion: 1\nsystem: s\nuser: u\n")
     with pytest.raises(ValueError, match="declares stage"):
         load_prompt("tem_events", str(tmp_path))
-    with pytest.raises(FileNotFoundError):
+    (tmp_path / "tem_events.yaml").write_text("stage: tem_events\nversion: 1\nsystem: s\nuser: $caption\n")
+    assert load_prompt("tem_events", str(tmp_path)).user == "$caption"
+    with pytest.raises(ValueError, match="no prompt for stage 'dq_events'"):
         load_prompt("dq_events", str(tmp_path))
+
+
+def one_file_set(**changes: object) -> dict:
+    """The shipped prompts as one prompt-set mapping (the one-file schema), with ``changes`` applied."""
+    shipped = load_prompt_set()
+    data: dict = {
+        "name": "my-prompts",
+        "version": 3,
+        "common": dict(shipped.common),
+        "stages": {stage: dict(body) for stage, body in shipped.stages.items()},
+    }
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_one_file_prompt_set_loads_with_its_name_and_hash(tmp_path: Path, suffix: str) -> None:
+    data = one_file_set()
+    path = tmp_path / f"set{suffix}"
+    path.write_text(json.dumps(data) if suffix == ".json" else yaml.safe_dump(data))
+    loaded = load_prompt_set(str(path))
+    shipped = load_prompt_set()
+    assert loaded.name == "my-prompts" and loaded.source == str(path) and loaded.version == "3"
+    assert loaded.hash == shipped.hash, "same text, same hash, whatever the file's form"
+    assert loaded.describe()["stages"] == shipped.describe()["stages"]
+    assert shipped.name == "facetrack-default" and shipped.source == "shipped"
+    assert len(shipped.hash) == 16 and set(shipped.stages) == set(STAGES)
+
+
+def test_the_set_hash_follows_any_text_and_stage_versions_only_their_own(tmp_path: Path) -> None:
+    data = one_file_set()
+    data["stages"]["tem_relations"]["system"] += " Be strict."
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(data))
+    edited, shipped = load_prompt_set(str(path)), load_prompt_set()
+    assert edited.hash != shipped.hash
+    assert edited.prompt("tem_relations").cache_version != shipped.prompt("tem_relations").cache_version
+    assert edited.prompt("tem_events").cache_version == shipped.prompt("tem_events").cache_version
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"common": "reask this"}, "common: must be a mapping"),
+        ({"common": {"fec_question": "q"}}, "common: missing key reask"),
+        (
+            {"stages": {"tem_events": {"version": 1, "system": "s"}}},
+            r"stages.tem_events: missing key\(s\) user",
+        ),
+        ({"stages": {"tem_event": {"version": 1, "system": "s", "user": "u"}}}, "unknown stage 'tem_event'"),
+        ({"stages": {"tem_events": {"version": 1, "system": "s", "user": "$text"}}}, r"uses \$text"),
+        ({"stage": "x"}, "unknown key"),
+    ],
+)
+def test_a_malformed_set_names_the_file_and_the_key(tmp_path: Path, change: dict, message: str) -> None:
+    data = one_file_set(**change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=message) as info:
+        load_prompt_set(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_missing_common_or_stages_and_missing_files(tmp_path: Path) -> None:
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump({"stages": one_file_set()["stages"]}))
+    with pytest.raises(ValueError, match="missing key 'common'"):
+        load_prompt_set(str(path))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_prompt_set(str(tmp_path / "absent.yaml"))
+    with pytest.raises(ValueError, match="not valid YAML"):
+        (tmp_path / "broken.yaml").write_text("stages: [unclosed\n")
+        load_prompt_set(str(tmp_path / "broken.yaml"))
+
+
+def test_a_run_checks_the_stages_its_metrics_need(tmp_path: Path) -> None:
+    from evaluation.judges import JudgeConfig
+    from evaluation.pipeline import prepare
+    from evaluation.results import EvalConfig
+
+    data = one_file_set(stages={k: v for k, v in one_file_set()["stages"].items() if k.startswith("tem")})
+    data["common"].pop("fec_question")
+    path = tmp_path / "tem_only.yaml"
+    path.write_text(yaml.safe_dump(data))
+    judge = JudgeConfig(kind="openai", prompts=str(path))
+    config, prompts = prepare(EvalConfig(metrics=["tem", "cider"], judge=judge))
+    assert prompts.name == "my-prompts"
+    with pytest.raises(ValueError, match=r"no prompt for dq_events, dq_entailment \(needed by autodq\)"):
+        prepare(EvalConfig(metrics=["tem", "autodq"], judge=judge))
+    full = tmp_path / "full.yaml"
+    custom = one_file_set()
+    custom["common"]["fec_question"] = "How does the face change?"
+    full.write_text(yaml.safe_dump(custom))
+    config, _ = prepare(EvalConfig(metrics=["vcgpt"], judge=JudgeConfig(kind="openai", prompts=str(full))))
+    assert config.vcgpt.question == "How does the face change?"
