@@ -166,8 +166,9 @@ cp -r {disk}/out {kept_out}
     # The same output, now with room (copied off the full disk): the rerun completes it.
     args[args.index(f"{disk}/out")] = str(kept_out)
     second = subprocess.run(
-        [sys.executable, *args], cwd=REPO, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, *args], cwd=REPO, env={**os.environ, **ENV}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
     final = kept_out
     for name, data in kept.items():  # committed shards are never rewritten
