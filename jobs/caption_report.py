@@ -52,16 +52,28 @@ def output_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def failure_reason(error: str, video: str = "") -> str:
-    """A short failure category for the summary: the stage and the message without file names or details.
+_EXCEPTION_NAME = re.compile(r"\b[A-Z]\w*(?:Error|Exception|Exit)\b:? ?")
+_LOCATION = re.compile(r"(?:\S+://\S*?|/\S*?|[\w.-]+\.\w+:\d+)(?=: |\s\(|$)")
 
-    ``"track: s3://b/x.mp4: not a readable video (Invalid data ...)"`` -> ``"track: not a readable video"``.
+
+def failure_reason(error: str, video: str = "") -> str:
+    """A short failure category for the summary: the stage and the cause, without names of files or details.
+
+    ``"track: s3://b/x.mp4: not a readable video (Invalid data ...)"`` -> ``"track: not a readable video"``;
+    ``"track: StorageError: /v/a.mp4: too many levels of symbolic links (a symlink loop)"`` ->
+    ``"track: too many levels of symbolic links"``; ``"input: bad manifest record m.jsonl:3: needs a 'video'
+    string"`` -> ``"input: bad manifest record: needs a 'video' string"``.
     """
     stage, _, message = error.partition(": ")
     if video:
-        message = message.replace(f"{video}: ", "").replace(video, "")
-    message = re.split(r"[(:]", message, maxsplit=1)[0]
-    message = re.sub(r"\s+", " ", message).strip()[:60]
+        message = message.replace(video, "")
+    names = _EXCEPTION_NAME.findall(message)
+    message = _EXCEPTION_NAME.sub("", message)  # the cause, not the class that carried it
+    message = _LOCATION.sub("", message)  # URIs, paths, file:line
+    message = message.split(" (", 1)[0]  # details in brackets
+    message = re.sub(r"\s+", " ", message)
+    message = re.sub(r"\s*:\s*(:\s*)*", ": ", message).strip(" :")  # separators left by removed names
+    message = message[:60].rstrip(" :") or (names[-1].strip(" :") if names else "")
     return f"{stage}: {message}" if message else stage
 
 

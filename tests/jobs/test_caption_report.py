@@ -1,0 +1,58 @@
+"""The summary's failure categories keep the cause and drop names of files, URIs and exception classes."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.caption_report import failure_reason
+
+
+@pytest.mark.parametrize(
+    ("error", "video", "reason"),
+    [
+        (
+            "track: s3://b/x.mp4: not a readable video (Invalid data found)",
+            "s3://b/x.mp4",
+            "track: not a readable video",
+        ),
+        ("track: StorageError: s3://b/x.mp4: no such key", "", "track: no such key"),
+        (
+            "track: StorageError: bucket 'b' does not exist (s3://b/x.mp4)",
+            "",
+            "track: bucket 'b' does not exist",
+        ),
+        (
+            "track: StorageError: /v/x.mp4: too many levels of symbolic links (a symlink loop)",
+            "",
+            "track: too many levels of symbolic links",
+        ),
+        (
+            "track: /v/a b.mp4: a parent of it is not a directory",
+            "/v/a b.mp4",
+            "track: a parent of it is not a directory",
+        ),
+        (
+            "input: bad manifest record m.jsonl:3: needs a 'video' string",
+            "",
+            "input: bad manifest record: needs a 'video' string",
+        ),
+        (
+            "input: bad manifest record m.jsonl:4: not valid JSON (Expecting value)",
+            "",
+            "input: bad manifest record: not valid JSON",
+        ),
+        ("caption: TimeoutError", "", "caption: TimeoutError"),
+    ],
+)
+def test_failure_reasons_keep_their_cause(error, video, reason):
+    assert failure_reason(error, video) == reason
+
+
+def test_different_causes_stay_different_categories():
+    errors = [
+        "track: StorageError: s3://b/1.mp4: no such key",
+        "track: StorageError: bucket 'b' does not exist (s3://b/2.mp4)",
+        "track: StorageError: /v/3.mp4: too many levels of symbolic links (a symlink loop)",
+        "track: StorageError: s3://b/4.mp4: no such key",
+    ]
+    assert len({failure_reason(e) for e in errors}) == 3
