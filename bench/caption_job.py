@@ -14,7 +14,10 @@ checkpoint captioning is a small share of the work. Reported per W:
   slow each other down);
 - utilisation of each stage: its busy seconds over (wall x slots);
 - peak resident memory of each Ray worker process (sampled), the largest reported;
-- the scaling ratio W=2 / W=1 for both throughputs.
+- the scaling ratio W=2 / W=1 for both throughputs;
+- how long a finished caption waits before it is durable: median and max seconds from the moment its
+  batch was captioned to the commit of its shard (the job's ``durable_wait_seconds``), with the default
+  ``flush_seconds``.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ def run_once(workers: int, clips: Path, model: Path, out: Path, batch_size: int)
             "captioning": round(busy["caption"] / wall, 3),
         },
         "stage_seconds": summary["stage_seconds"],
+        "durable_wait_s": summary["durable_wait_seconds"],
+        "flush_seconds": cfg.flush_seconds,
         "peak_worker_rss_mb": round(memory.peak / 2**20, 1),
         "worker_processes_seen": len(memory.peaks),
     }
@@ -107,7 +112,7 @@ def main() -> None:
     print(f"\ncaption job, {args.clips} clips x {args.seconds:g} s (640x360), tiny random checkpoint")
     head = (
         f"{'workers':>7} {'wall s':>8} {'videos/s':>9} {'track s/video':>13} {'track v/s':>10} "
-        f"{'util track':>10} {'util capt':>9} {'peak RSS MB':>11}"
+        f"{'util track':>10} {'util capt':>9} {'peak RSS MB':>11} {'durable wait med/max s':>22}"
     )
     print(head)
     print("-" * len(head))
@@ -116,7 +121,8 @@ def main() -> None:
             f"{r['workers']:>7} {r['wall_s']:>8.2f} {r['videos_per_s']:>9.3f} "
             f"{r['tracking_s_per_video']:>13.3f} {r['tracking_videos_per_s']:>10.3f} "
             f"{r['utilisation']['tracking']:>10.2f} {r['utilisation']['captioning']:>9.2f} "
-            f"{r['peak_worker_rss_mb']:>11.1f}"
+            f"{r['peak_worker_rss_mb']:>11.1f} "
+            f"{r['durable_wait_s']['median']:>11.3f}/{r['durable_wait_s']['max']:<10.3f}"
         )
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
