@@ -374,7 +374,8 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
 
     counts: Counter[str] = Counter()
     stage_time: Counter[str] = Counter()
-    progress = Progress(len(todo) + len(input_errors), cfg.progress_seconds)
+    bars = ray.data.DataContext.get_current().enable_progress_bars and sys.stdout.isatty()
+    progress = Progress(len(todo) + len(input_errors), cfg.progress_seconds, lines=not bars)
     example: dict[str, str] | None = None
     waits: list[float] = []  # seconds from captioned to committed, per row
     pending: list[float] = []  # caption times of rows the driver holds, not yet committed

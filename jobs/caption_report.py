@@ -78,10 +78,13 @@ def failure_reason(error: str, video: str = "") -> str:
 
 
 class Progress:
-    """A periodic one-line report: done / failed / rate / ETA."""
+    """A periodic one-line report: done / failed / rate / ETA.
 
-    def __init__(self, total: int, every: float) -> None:
-        self.total, self.every = total, every
+    ``lines=False`` (Ray Data draws its bars on a terminal) counts without printing.
+    """
+
+    def __init__(self, total: int, every: float, lines: bool = True) -> None:
+        self.total, self.every, self.lines = total, every, lines
         self.done = self.failed = 0
         self.start = self._last = time.monotonic()
 
@@ -89,7 +92,7 @@ class Progress:
         self.done += 1
         self.failed += int(failed)
         now = time.monotonic()
-        if now - self._last >= self.every or self.done == self.total:
+        if self.lines and (now - self._last >= self.every or self.done == self.total):
             self._last = now
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")

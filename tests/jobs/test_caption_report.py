@@ -56,3 +56,19 @@ def test_different_causes_stay_different_categories():
         "track: StorageError: s3://b/4.mp4: no such key",
     ]
     assert len({failure_reason(e) for e in errors}) == 3
+
+
+def test_progress_prints_lines_unless_ray_draws_its_bars(caplog):
+    from jobs.caption_report import Progress
+
+    caplog.set_level("INFO", logger="facetrack.jobs.caption")
+    for lines, expected in ((True, 1), (False, 0)):
+        caplog.clear()
+        progress = Progress(total=2, every=3600, lines=lines)
+        progress.update(failed=False)
+        progress.update(failed=True)  # the last one always reports, when lines are on
+        reports = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
+        assert len(reports) == expected
+        assert progress.done == 2 and progress.failed == 1
+        if lines:
+            assert reports[0].startswith("progress: 2/2 done, 1 failed")
