@@ -564,15 +564,13 @@ def run_cli(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if embedded:
             ray.shutdown()
-        rows = len(done_ids(cfg.out))
-        print(f"interrupted: {rows} rows written; run the same command to continue", file=sys.stderr)
+        print(f"interrupted: {_rows_written(cfg.out)}; run the same command to continue", file=sys.stderr)
         return 128 + stop.signum
     except OutputError as exc:  # a full disk, storage down beyond its retry budget: committed rows stay
         if embedded:
             ray.shutdown()
-        rows = len(done_ids(cfg.out))
         print(
-            f"facetrack caption: cannot write the output: {exc.__cause__}; {rows} rows written are kept,"
+            f"facetrack caption: cannot write the output: {exc.__cause__}; {_rows_written(cfg.out)} are kept,"
             " run the same command to continue once the output can be written",
             file=sys.stderr,
         )
@@ -587,6 +585,14 @@ def run_cli(args: argparse.Namespace) -> int:
                 signal.signal(sig, handler)
     print_summary(summary)
     return 0
+
+
+def _rows_written(out: str) -> str:
+    """``"N rows written"``, or what can be said when the output cannot be read either."""
+    try:
+        return f"{len(done_ids(out))} rows written"
+    except (storage.StorageError, OSError):
+        return "the rows written before (the output cannot be read now)"
 
 
 class OutputError(storage.StorageError):

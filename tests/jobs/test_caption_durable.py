@@ -176,3 +176,51 @@ cp -r {disk}/out {kept_out}
     rows = shards.read_rows(str(final))
     assert sorted(r["id"] for r in rows) == video_ids(archive)
     assert not [p for p in (final / "rows").iterdir() if p.name.endswith(storage.TMP_SUFFIX)]
+
+
+def test_s3_down_beyond_the_retry_budget_then_back_the_rerun_completes_every_video(
+    s3_server, s3_bucket, archive, tiny_checkpoint
+):
+    """Stop the S3 server while rows and contact sheets are being written; restart it; run again."""
+    from jobs.caption_report import is_transient
+
+    out = f"s3://{s3_bucket}/out"
+    cmd = [
+        sys.executable, "-m", "jobs.caption", str(archive), "--out", out, "--model", str(tiny_checkpoint),
+        "--num-cpus", "2", *[o for o in FAST if o != "sheets=false"], "sheets=true",
+    ]  # fmt: skip
+    env = {**ENV, **s3_server.env(), "FACETRACK_STORAGE_RETRY_SECONDS": "4"}
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and not shards.list_shards(out):
+            time.sleep(0.2)
+        assert proc.poll() is None, "the job ended before the outage"
+        s3_server.stop()
+        _, err = proc.communicate(timeout=300)
+        down_for = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+        if not s3_server.running:
+            s3_server.start()
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err
+    assert "cannot write the output" in err and "run the same command to continue" in err
+    assert time.monotonic() >= down_for  # the server came back only after the job had given up
+
+    again = subprocess.run(
+        cmd, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = shards.read_rows(out)
+    assert sorted(r["id"] for r in rows) == video_ids(archive), "every input id exactly once"
+    failed = {r["id"]: r["error"] for r in rows if r["error"]}
+    assert {"clips/corrupt.mp4", "clips/zero.mp4"} <= set(failed)
+    assert not [e for e in failed.values() if is_transient(e)], failed  # only the input's own faults remain
+    assert len(failed) <= 3, failed
+    assert all(r["caption"] for r in rows if not r["error"]), "every good video has its caption"
