@@ -3,12 +3,14 @@
 It approximates what an LLM judge does for every stage, and reports say so:
 
 - events (TEM and AutoDQ): the caption is cut along its temporal structure into clauses, in text order
-  (:mod:`evaluation.judges.facial_rules`); AutoDQ keeps only actions (not states) and at most
+  (:mod:`evaluation.judges.facial_events`); AutoDQ keeps only actions (not states) and at most
   ``max_events`` of them, evenly spread over the caption;
-- relations: two events are ``opposite`` when they are about the same facial region with an action of
-  contrary polarity (open/close, raise/lower, left/right, speak/stop, negation) and are similar enough;
-  ``same`` when their regions are compatible and either an action agrees and the sentence embeddings are
-  close, or the embeddings are very close; ``unrelated`` otherwise;
+- relations: both events are first rewritten to the canonical wording of the lexicon's synonyms ("gazes
+  ahead" and "looks forward" are one wording); two events are ``opposite`` when they are about the same
+  facial region with an action or emotion of contrary polarity (open/close, raise/lower, left/right,
+  speak/stop, smile/frown, happy/sad, negation) and are similar enough; ``same`` when their regions are
+  compatible and either an action agrees and the sentence embeddings are close, or the embeddings are
+  very close; ``unrelated`` otherwise;
 - entailment: an event is entailed when some event of the other caption is ``same``, contradicted when
   one is ``opposite``, neutral otherwise;
 - VideoChatGPT scores (0-5) from the same matching: correctness from the share of predicted events that
@@ -71,14 +73,8 @@ def default_model_path() -> str:
 
 
 def _rules_digest() -> str:
-    parts = [
-        rules.RULES_VERSION,
-        repr(sorted(rules.REGIONS.items())),
-        repr(sorted((k, sorted(v.items())) for k, v in rules.DIMENSIONS.items())),
-        repr(rules.PLAIN_ACTIONS),
-        repr(sorted(rules.NEGATORS)),
-    ]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:10]
+    """The rules' version plus a hash of the lexicon data files they read."""
+    return hashlib.sha256(f"{rules.RULES_VERSION}\n{rules.digest()}".encode()).hexdigest()[:10]
 
 
 def _spread(items: Sequence[str], k: int) -> list[str]:
@@ -210,7 +206,7 @@ class EmbeddedJudge:
                 label = "unrelated"
                 if rules.regions_compatible(f_pred, f_ref) and not rules.directions_differ(f_pred, f_ref):
                     if rules.conflict(f_pred, f_ref):
-                        if sim >= c.opposite_threshold:
+                        if sim >= c.opposite_threshold or rules.strong_conflict(f_pred, f_ref):
                             label = "opposite"
                     elif (rules.agree(f_pred, f_ref) and sim >= c.agree_threshold) or sim >= c.same_threshold:
                         label = "same"

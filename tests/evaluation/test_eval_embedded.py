@@ -159,3 +159,99 @@ def test_the_judge_says_it_is_an_approximation(embedded_judge) -> None:
     assert embedded_judge.approximate is True and info["approximate"] is True
     assert "approximat" in info["note"] and embedded_judge.name.startswith("embedded:")
     assert embedded_judge.stage_version("tem_events").startswith("rules")
+
+
+# -- the facial-action lexicon (data files) ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "pred, ref, label",
+    [
+        ("he gazes ahead", "he looks forward", "same"),
+        ("his lips part a little", "his mouth opens slightly", "same"),
+        ("she falls silent", "she stops speaking", "same"),
+        ("he looks sad", "he looks happy", "opposite"),
+        ("he frowns", "he smiles", "opposite"),
+        ("without any smile", "a smile on his face", "opposite"),
+        ("she frowns", "she furrows her brows", "same"),
+        ("she bows her head", "she lowers her head", "same"),
+        ("he falls silent", "he begins to talk", "opposite"),
+        ("his smile fades", "he smiles", "opposite"),
+        ("his smile fades", "he frowns", "unrelated"),
+        ("he gazes ahead", "he looks down", "unrelated"),
+        ("his lips part a little", "his mouth closes", "opposite"),
+    ],
+)
+def test_lexicon_relations(embedded_judge, pred: str, ref: str, label: str) -> None:
+    assert embedded_judge.relations([pred], [ref]) == [[label]]
+    assert embedded_judge.relations([ref], [pred]) == [[label]], "relations are symmetric"
+
+
+def test_without_any_smile_never_matches_a_smile(embedded_judge) -> None:
+    caption = "He frowns slightly, without any smile."
+    events = embedded_judge.events(caption)
+    assert "out any smile" not in events and "without any smile" in events
+    rel = embedded_judge.relations(events, ["a smile on his face"])
+    assert all(row == ["opposite"] or row == ["unrelated"] for row in rel)
+    labels = embedded_judge.entailment("A smile on his face.", events)
+    assert "entailment" not in labels
+
+
+def test_vague_mood_text_is_not_an_event_and_scores_zero(embedded_judge, captions) -> None:
+    vague = "The man appears happy and friendly, and his mood is positive throughout."
+    assert embedded_judge.events(vague) == []
+    assert embedded_judge.events("He looks sad.") == ["He looks sad"]
+    item = tem.judge_item(embedded_judge, "v", vague, captions["man_smile"], tem.TemConfig())
+    assert item.status == "empty_pred" and tem.aggregate([item])["tem"] == 0.0
+    dq = autodq.judge_item(embedded_judge, "v", vague, captions["man_smile"], autodq.AutoDQConfig())
+    assert dq.precision == 1.0 and dq.recall == 0.0 and autodq.aggregate([dq])["autodq"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "event, expected",
+    [
+        ("he gazes ahead", "he gaze forward"),
+        ("Looking straight ahead", "gaze forward"),
+        ("his lips part a little", "his mouth open slightly"),
+        ("his mouth opens slightly", "his mouth open slightly"),
+        ("she goes quiet", "she stop speak"),
+        ("he raises his eyebrows", "he raise eyebrow"),
+        ("the corners of his mouth turn upwards", "the corners of his mouth turn upwards"),
+    ],
+)
+def test_canonical_wording(event: str, expected: str) -> None:
+    assert rules.canonical(event) == expected
+
+
+def test_lexicon_files_are_data_with_a_digest(tmp_path) -> None:
+    import shutil
+
+    from evaluation.judges import lexicon
+
+    table = lexicon.load()
+    assert {"valence", "speech"} <= table.strong and "front" in table.directions
+    assert table.phrases["gaze forward"] and table.degree["slightly"]
+    seen: dict[str, str] = {}
+    for canonical, variants in table.phrases.items():
+        assert canonical in variants, f"{canonical}: the canonical wording is one of its variants"
+        for variant in variants:
+            assert seen.setdefault(variant, canonical) == canonical, f"{variant!r} listed twice"
+    for name in lexicon.FILES:
+        assert (lexicon.LEXICON_DIR / name).is_file()
+    copy = tmp_path / "lexicon"
+    shutil.copytree(lexicon.LEXICON_DIR, copy, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    assert lexicon.digest(str(copy)) == lexicon.digest()
+    edited = tmp_path / "edited"  # (files are read once per folder)
+    shutil.copytree(copy, edited)
+    (edited / "synonyms.yaml").write_text((edited / "synonyms.yaml").read_text() + "\n# edited\n")
+    assert lexicon.digest(str(edited)) != lexicon.digest()
+    broken = tmp_path / "broken"
+    shutil.copytree(copy, broken)
+    (broken / "actions.yaml").write_text("dimensions:\n  open: {open: 2}\n")
+    with pytest.raises(ValueError, match="dimensions.open"):
+        lexicon.load(str(broken))
+
+
+def test_the_rules_version_follows_the_lexicon(embedded_judge) -> None:
+    from evaluation.judges import lexicon
+
+    assert embedded_judge.stage_version("tem_relations").startswith(f"rules{rules.RULES_VERSION}-")
+    assert rules.digest() == lexicon.digest()
