@@ -110,8 +110,6 @@ def conflict(a: EventFeatures, b: EventFeatures) -> bool:
     return any(a.polarity[d] == -b.polarity[d] for d in shared)
 
 
-
-
 def directions_differ(a: EventFeatures, b: EventFeatures) -> bool:
     """Both events give a direction, but along different axes ("tilts right" and "tilts down")."""
     da = {d for d in DIRECTIONS if d in a.polarity}
