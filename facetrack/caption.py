@@ -307,6 +307,12 @@ class Captioner:
         return self._loaded.model
 
     @property
+    def loaded(self):
+        """The :class:`facetrack.model.loading.LoadedModel` (model, tokenizer, format and family)."""
+        self.setup()
+        return self._loaded
+
+    @property
     def tokenizer(self):
         self.setup()
         return self._loaded.tokenizer

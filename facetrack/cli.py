@@ -13,6 +13,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "caption": ("caption", "caption videos (folder, s3:// prefix or manifest) with FaceTrack-MM on Ray"),
     "track": ("track", "run face tracking on videos; write the tracks as JSON and a contact sheet"),
+    "inspect": ("inspect", "show what the model sees for one video: prompt, ids, frames, preprocessing"),
     "finetune": ("finetune", "LoRA instruction-tuning on FDA-format data with Ray Train + DeepSpeed"),
     "export": ("export", "package or merge a fine-tuned adapter into a checkpoint the captioner loads"),
     "benchmark": (
