@@ -10,14 +10,20 @@ Two encoders:
 
 Either map is average-pooled to ``tokens_per_frame`` tokens per frame and projected to the LLM width by a
 two-layer MLP (``face_projector``).
+
+FaceXFormer's crops are prepared as its inference does (:class:`FaceXFormerPreprocessor`): resized to
+224 x 224 whatever their shape (Pillow bicubic, through torchvision's ``Resize``), ``ToTensor`` and ImageNet
+mean/std, in float32.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +31,66 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FACE_ENCODERS = ("none", "vision_tower", "facexformer")
+
+
+class FaceXFormerPreprocessor:
+    """Crops -> FaceXFormer's input, as its inference transform makes it.
+
+    FaceXFormer runs ``Resize((224, 224), BICUBIC)`` on a Pillow image (the crop is stretched to the square,
+    not padded or cut), ``ToTensor`` (``uint8 / 255`` in float32) and ``Normalize`` (ImageNet mean/std,
+    float32). The same arithmetic here gives the same tensor, bit for bit.
+    """
+
+    mode = "squash"
+    """How a crop becomes a square (the name :class:`facetrack.model.vision.ImagePreprocessor` uses)."""
+
+    def __init__(
+        self,
+        size: int = 224,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
+        if int(size) < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.size = int(size)
+        self.mean = tuple(float(x) for x in mean)
+        self.std = tuple(float(x) for x in std)
+
+    def __repr__(self) -> str:
+        return f"FaceXFormerPreprocessor(size={self.size}, mean={self.mean}, std={self.std})"
+
+    def resize(self, crops: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """Crops (``(N, h, w, 3)`` or a list of ``(h_i, w_i, 3)``, uint8 RGB) -> ``(N, 3, size, size)``
+        uint8."""
+        from PIL import Image
+
+        out = []
+        for crop in crops:
+            crop = np.asarray(crop)
+            if crop.ndim != 3 or crop.shape[-1] != 3 or crop.shape[0] == 0 or crop.shape[1] == 0:
+                raise ValueError(f"a crop must be (h, w, 3) RGB, got shape {crop.shape}")
+            if crop.dtype != np.uint8:
+                raise ValueError(f"crops must be uint8, got {crop.dtype}")
+            img = Image.fromarray(np.ascontiguousarray(crop))
+            if img.size != (self.size, self.size):
+                img = img.resize((self.size, self.size), resample=Image.BICUBIC)
+            out.append(np.asarray(img))
+        if not out:
+            raise ValueError("no crops given")
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+
+    def __call__(self, crops: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """Crops -> ``(N, 3, size, size)`` float32, normalised."""
+        x = self.resize(crops).float().div(255)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return x.sub(mean).div(std)
+
+
+def facexformer_preprocess(crops: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+    """FaceXFormer's inference transform on crops: ``(N, 3, 224, 224)`` float32 (see
+    :class:`FaceXFormerPreprocessor`)."""
+    return FaceXFormerPreprocessor()(crops)
 
 
 def pool_grid(tokens: int) -> tuple[int, int]:

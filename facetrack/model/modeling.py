@@ -28,6 +28,7 @@ from facetrack.model.face import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FaceXFormerEncoder,
+    FaceXFormerPreprocessor,
     face_projector,
     pool_tokens,
 )
@@ -172,14 +173,13 @@ class FaceTrackMM(nn.Module):
         )
         self.face_encoder: FaceXFormerEncoder | None = None
         self.face_projector: nn.Module | None = None
-        self.face_processor: ImagePreprocessor | None = None
+        self.face_processor: ImagePreprocessor | FaceXFormerPreprocessor | None = None
         if spec.face_encoder == "facexformer":
             arch = dict(spec.face_encoder_arch or {})
             self.face_encoder = FaceXFormerEncoder(**arch)
             self.face_projector = face_projector(self.face_encoder.hidden_size, hidden)
-            self.face_processor = ImagePreprocessor(
-                size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, mode="pad"
-            )
+            # FaceXFormer's own transform: the crop resized (stretched) to 224 x 224, ImageNet mean/std.
+            self.face_processor = FaceXFormerPreprocessor(size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         elif spec.face_encoder == "vision_tower":
             self.face_projector = face_projector(self.vision_tower.hidden_size, hidden)
             self.face_processor = self.image_processor
