@@ -125,6 +125,9 @@ def test_ray_up_file_passes_the_wheels_schema_and_rays_own_config_preparation() 
         jsonschema.validate(broken, schema)
 
 
+DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
+
+
 def test_ray_up_gives_every_node_the_token_an_instance_profile_and_a_gpu_image() -> None:
     cfg = load("ray-cluster.yaml")
     token = "~/.ray/auth_token"
@@ -137,7 +140,9 @@ def test_ray_up_gives_every_node_the_token_an_instance_profile_and_a_gpu_image()
     for name, node in cfg["available_node_types"].items():
         node_config = node["node_config"]
         assert node_config["IamInstanceProfile"]["Name"], name
-        assert node_config["ImageId"].startswith("ami-"), name
+        # The Deep Learning Base GPU AMI (R580+ driver), resolved by EC2 at launch; never Ray's default.
+        image = node_config["ImageId"]
+        assert image == f"resolve:ssm:{DLAMI_PARAMETER}" or image.startswith("ami-"), name
 
 
 def test_kuberay_gpu_pods_are_scheduled_on_gpu_nodes_with_cache_and_ray_volumes() -> None:
