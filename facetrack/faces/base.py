@@ -28,6 +28,32 @@ INSTALL_FACES = "pip install 'facetrack[faces]'"
 
 
 @dataclass(slots=True)
+class StrideConfig:
+    """Thresholds of the carry check and of early re-detection (the ``faces.stride`` settings)."""
+
+    min_ncc: float = 0.6
+    """A carried face whose best template match scores under this fails its check (triggers detection)."""
+    cut_threshold: float = 28.0
+    """Mean absolute difference (0..255) between consecutive grey thumbnails above which a shot cut is
+    assumed (triggers detection)."""
+    template: int = 32
+    """Templates and search windows are scaled so a face is at most this many pixels wide."""
+    search: float = 0.35
+    """Search margin around the predicted box, as a fraction of its side (plus the predicted motion)."""
+    motion_weight: float = 4.0
+    """Uncertainty grows by ``1 + motion_weight * speed / side`` per carried frame (speed in pixels per
+    tracking frame): fast faces are re-detected sooner."""
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.min_ncc <= 1.0:
+            raise ValueError("stride.min_ncc must be in [-1, 1]")
+        if self.template < 8:
+            raise ValueError("stride.template must be at least 8")
+        if self.search < 0 or self.motion_weight < 0 or self.cut_threshold < 0:
+            raise ValueError("stride.search, motion_weight and cut_threshold must not be negative")
+
+
+@dataclass(slots=True)
 class FaceConfig:
     """Which analyser to use and how it detects."""
 
@@ -54,7 +80,14 @@ class FaceConfig:
     detector: Literal["hog", "cnn"] = "hog"
     """built-in: dlib's HOG detector (fast) or its CNN (MMOD) detector (slower, finds turned faces)."""
     upsample: int = 0
-    """built-in: times the detector upsamples the image (finds faces under 80 pixels, costs 4x each)."""
+    """built-in: times the detector upsamples the image. dlib's HOG window is 80 pixels: 0 finds faces
+    down to about 80 pixels (of the detector's input), 1 down to about 40 (4x the cost), 2 to about 20."""
+    detect_every: int = 1
+    """1 (the default) detects on every tracking frame. Above 1, the adaptive detection stride (not yet the
+    default: it is still being measured): the detector runs at least every this many tracking frames, and
+    earlier on a shot cut, a failed carry check or growing uncertainty; faces are carried in between (see
+    :mod:`facetrack.faces.carry`)."""
+    stride: StrideConfig = field(default_factory=StrideConfig)
 
     def __post_init__(self) -> None:
         if self.detect_size < 32:
@@ -63,6 +96,8 @@ class FaceConfig:
             raise ValueError("min_score must be in [0, 1]")
         if self.reembed_every < 1:
             raise ValueError("reembed_every must be at least 1")
+        if self.detect_every < 1:
+            raise ValueError("detect_every must be at least 1 (1 detects on every tracking frame)")
         if self.upsample < 0 or self.max_faces < 0 or self.min_face < 0:
             raise ValueError("upsample, max_faces and min_face must not be negative")
 

@@ -12,6 +12,11 @@ Edge cases, decided here:
 * one trajectory: it is the main character;
 * trajectories that K-means cannot tell apart (identical features, so one cluster): the largest area.
 
+Every selection also says how clearly the main character won: the margin ``1 - area(runner-up) /
+area(main)`` over the candidates (1: nobody else; near 0: two people share the screen equally, as in a
+dialogue). With ``mode=all`` every trajectory of the main cluster is a character of its own (largest area
+first, the main character first), so a dialogue yields both speakers.
+
 The main character's box at a model frame is interpolated between its observations before and after
 that time, and held (the nearest observation) before its first or after its last one. A crop is a square
 of side ``(1 + margin)`` times the box's longer side, centred on the box, padded with black outside the
@@ -21,7 +26,8 @@ frame, resized to ``crop_size``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -38,8 +44,12 @@ class SelectConfig:
     margin: float = 0.5
     """The crop's side is ``1 + margin`` times the box's longer side."""
     seed: int = 0
+    mode: Literal["main", "all"] = "main"
+    """``main``: one character per video; ``all``: every trajectory of the main cluster is a character."""
 
     def __post_init__(self) -> None:
+        if self.mode not in ("main", "all"):
+            raise ValueError("select.mode must be 'main' or 'all'")
         if self.crop_size < 8:
             raise ValueError("crop_size must be at least 8")
         if self.margin < 0:
@@ -51,22 +61,56 @@ def track_features(tracks: Sequence[Track]) -> np.ndarray:
     return np.asarray([[t.area, t.similarity] for t in tracks], dtype=np.float64).reshape(-1, 2)
 
 
-def select_main(tracks: Sequence[Track], config: SelectConfig | None = None) -> int | None:
-    """The ``track_id`` of the main character, or ``None`` when there is no trajectory."""
+@dataclass(slots=True)
+class Selection:
+    """Who the selection picked and how clearly."""
+
+    main_track_id: int | None = None
+    margin: float | None = None
+    """``1 - area(runner-up) / area(main)`` over the candidates: 1.0 when the main character is the only
+    candidate, near 0 when another trajectory is as large; ``None`` without trajectories."""
+    runner_up: int | None = None
+    """The largest candidate after the main character (``None`` when there is none)."""
+    characters: list[int] = field(default_factory=list)
+    """Track ids of the characters, main first: ``[main]`` in ``mode=main``, the main cluster by
+    decreasing area in ``mode=all``, empty without trajectories."""
+
+
+def select_characters(tracks: Sequence[Track], config: SelectConfig | None = None) -> Selection:
+    """The main character, the selection margin and (``mode=all``) every main-cluster character."""
     config = config or SelectConfig()
     if not tracks:
-        return None
+        return Selection()
     candidates = [t for t in tracks if len(t.frames) >= config.min_track_frames] or list(tracks)
+    ranked = sorted(candidates, key=lambda t: (-t.area, t.track_id))
     if len(candidates) == 1:
-        return candidates[0].track_id
-    feats = track_features(candidates)
-    labels = _kmeans2(feats, config.seed)
-    if labels is None:
-        return max(candidates, key=lambda t: (t.area, -t.track_id)).track_id
-    areas = feats[:, 0]
-    main_label = max(set(labels.tolist()), key=lambda lab: areas[labels == lab].mean())
-    members = [t for t, lab in zip(candidates, labels) if lab == main_label]
-    return max(members, key=lambda t: (t.area, -t.track_id)).track_id
+        members = candidates
+    else:
+        feats = track_features(candidates)
+        labels = _kmeans2(feats, config.seed)
+        if labels is None:
+            members = candidates
+        else:
+            areas = feats[:, 0]
+            main_label = max(set(labels.tolist()), key=lambda lab: areas[labels == lab].mean())
+            members = [t for t, lab in zip(candidates, labels) if lab == main_label]
+    members = sorted(members, key=lambda t: (-t.area, t.track_id))
+    main = members[0]
+    others = [t for t in ranked if t.track_id != main.track_id]
+    runner = others[0] if others else None
+    margin = 1.0 if runner is None or main.area <= 0 else max(0.0, 1.0 - runner.area / main.area)
+    characters = [t.track_id for t in members] if config.mode == "all" else [main.track_id]
+    return Selection(
+        main_track_id=main.track_id,
+        margin=float(margin),
+        runner_up=None if runner is None else runner.track_id,
+        characters=characters,
+    )
+
+
+def select_main(tracks: Sequence[Track], config: SelectConfig | None = None) -> int | None:
+    """The ``track_id`` of the main character, or ``None`` when there is no trajectory."""
+    return select_characters(tracks, config).main_track_id
 
 
 def _kmeans2(feats: np.ndarray, seed: int) -> np.ndarray | None:

@@ -18,9 +18,17 @@ from typing import Any
 import numpy as np
 
 from facetrack.faces.base import FaceAnalyser, FaceConfig, box_iou, create_analyser
-from facetrack.faces.select import SelectConfig, boxes_at, crops_for, select_main, warm_up_selection
+from facetrack.faces.carry import StridePlanner
+from facetrack.faces.select import (
+    SelectConfig,
+    Selection,
+    boxes_at,
+    crops_for,
+    select_characters,
+    warm_up_selection,
+)
 from facetrack.faces.track import FaceTracker, TrackConfig
-from facetrack.types import Face, FaceTrackResult, Frames, VideoRef
+from facetrack.types import Box, Clip, Face, FaceTrackResult, Frames, VideoRef
 from facetrack.video import VideoConfig, VideoError, open_video, plan_samples, stream_samples
 
 logger = logging.getLogger(__name__)
@@ -34,6 +42,78 @@ class FaceTrackConfig:
     faces: FaceConfig = field(default_factory=FaceConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+
+
+def character_id(video_id: str, character: int) -> str:
+    """The row id of a video's ``character``-th character in ``select.mode=all`` (``<video id>#<n>``)."""
+    return f"{video_id}#{character}"
+
+
+@dataclass(slots=True)
+class StageResult(FaceTrackResult):
+    """A :class:`~facetrack.types.FaceTrackResult` plus the selection and the detection stride's counts."""
+
+    selection: Selection = field(default_factory=Selection)
+    mode: str = "main"
+    """``select.mode`` the video was processed with."""
+    character_boxes: dict[int, list[Box]] = field(default_factory=dict)
+    """Per character (track id), its box at each model frame."""
+    character_crops: dict[int, np.ndarray] = field(default_factory=dict)
+    """Per character (track id), its ``(T, S, S, 3)`` crops (the main character's are ``crops``)."""
+    stats: dict[str, int] = field(default_factory=dict)
+    """``tracking_frames``, ``detector_calls``, ``carried_frames``, ``faces``, ``embedded`` and
+    ``detect/<reason>`` (why the detector ran: ``first``, ``cut``, ``check``, ``uncertain``, ``stride``,
+    ``every``)."""
+
+    @property
+    def margin(self) -> float | None:
+        """How clearly the main character won (see :class:`~facetrack.faces.select.Selection`)."""
+        return self.selection.margin
+
+    @property
+    def characters(self) -> list[int]:
+        return list(self.selection.characters)
+
+    def main_track_summary(self) -> dict[str, Any] | None:
+        """The main trajectory's summary plus ``margin``, ``runner_up`` and ``characters``."""
+        out = FaceTrackResult.main_track_summary(self)
+        if out is not None:
+            out["margin"] = None if self.margin is None else round(self.margin, 4)
+            out["runner_up"] = self.selection.runner_up
+            out["characters"] = self.characters
+        return out
+
+    def character_summary(self, character: int) -> dict[str, Any]:
+        """One character's trajectory summary with its place: ``character``, ``of``, ``margin``."""
+        tid = self.selection.characters[character]
+        track = next(t for t in self.tracks if t.track_id == tid)
+        out = track.summary()
+        out.update(
+            n_tracks=len(self.tracks),
+            character=character,
+            of=len(self.selection.characters),
+            margin=None if self.margin is None else round(self.margin, 4),
+            main=tid == self.main_track_id,
+        )
+        return out
+
+    def character_clips(self) -> list[tuple[Clip, dict[str, Any] | None]]:
+        """The captioner's inputs, one per row the caption job writes, with each row's track summary.
+
+        ``mode=main`` (or no face found): one clip with the video's id (the main character's crops, or
+        none). ``mode=all``: one clip per character, id ``<video id>#<n>`` (see :func:`character_id`),
+        main character first. Raises ``ValueError`` if the stage failed for this video.
+        """
+        clip = self.to_clip()
+        if self.mode != "all" or not self.selection.characters:
+            return [(clip, self.main_track_summary())]
+        return [
+            (
+                Clip(id=character_id(self.video.id, n), frames=clip.frames, crops=self.character_crops[tid]),
+                self.character_summary(n),
+            )
+            for n, tid in enumerate(self.selection.characters)
+        ]
 
 
 def _blas_one_thread() -> contextlib.AbstractContextManager:
@@ -80,6 +160,15 @@ class _EmbeddingReuse:
         self._embs = [f.embedding for f in faces]
         self._ages = list(self._pending_ages)
 
+    def follow(self, faces: list[Face]) -> None:
+        """Faces carried from the previous frame (same faces, same order): move their boxes, keep ages."""
+        if len(faces) != len(self._ages):
+            self._pending_ages = [0] * len(faces)
+            self.remember(faces)
+            return
+        self._boxes = np.asarray([f.box for f in faces], dtype=np.float64).reshape(-1, 4)
+        self._embs = [f.embedding for f in faces]
+
 
 class FaceTrackStage:
     """Detect, embed and track faces in a video; pick the main character; crop it at the model frames.
@@ -97,8 +186,9 @@ class FaceTrackStage:
         self.analyser = analyser
         self.tracker: FaceTracker | None = None
         self.counters: Counter[str] = Counter()
-        """Totals over processed videos: ``videos``, ``errors``, ``no_face``, ``tracking_frames``,
-        ``faces``, ``embedded`` (faces that needed the embedder)."""
+        """Totals over processed videos: ``videos``, ``errors``, ``no_face``, and the sums of every
+        result's ``stats`` (``tracking_frames``, ``detector_calls``, ``carried_frames``, ``faces``,
+        ``embedded`` (faces that needed the embedder), ``detect/<reason>``)."""
 
     def setup(self) -> None:
         """Load the face models and the tracker (once per process; later calls do nothing)."""
@@ -112,11 +202,11 @@ class FaceTrackStage:
         )
         warm_up_selection()
 
-    def process(self, video: VideoRef | str) -> FaceTrackResult:
+    def process(self, video: VideoRef | str) -> StageResult:
         """Track faces in one video. Never raises for a bad video: the result's ``error`` says what failed."""
         if isinstance(video, str):
             video = VideoRef(id=video, uri=video)
-        result = FaceTrackResult(video=video)
+        result = StageResult(video=video, mode=self.config.select.mode)
         start = time.perf_counter()
         self.counters["videos"] += 1
         try:
@@ -131,18 +221,21 @@ class FaceTrackStage:
         if result.error is not None:
             self.counters["errors"] += 1
             result.tracks, result.main_track_id, result.crops = [], None, None
+            result.selection, result.character_boxes, result.character_crops = Selection(), {}, {}
         elif result.main_track_id is None:
             self.counters["no_face"] += 1
         result.timings["total"] = time.perf_counter() - start
         return result
 
-    def _run(self, video: VideoRef, result: FaceTrackResult) -> None:
+    def _run(self, video: VideoRef, result: StageResult) -> None:
         cfg = self.config
         analyser, tracker = self.analyser, self.tracker
         assert analyser is not None and tracker is not None
-        timings = {"decode": 0.0, "detect_embed": 0.0, "track": 0.0, "select_crop": 0.0}
+        timings = {"decode": 0.0, "detect_embed": 0.0, "carry": 0.0, "track": 0.0, "select_crop": 0.0}
         result.timings = timings
+        stats: Counter[str] = Counter()
         reuse = _EmbeddingReuse(cfg.faces.reembed_every)
+        planner = StridePlanner(cfg.faces.detect_every, cfg.faces.stride)
         t0 = time.perf_counter()
         with open_video(
             video.uri, backend=cfg.video.backend, threads=cfg.video.threads, seek_gap=cfg.video.seek_gap
@@ -171,16 +264,28 @@ class FaceTrackStage:
                 k = len(tracking_times)
                 tracking_times.append(item.timestamp)
                 t0 = time.perf_counter()
-                faces = analyser.detect(item.image, k)
-                need = reuse.assign(faces)
-                if need:
-                    embs = analyser.embed(item.image, [faces[i] for i in need])
-                    for i, emb in zip(need, embs):
-                        faces[i].embedding = emb
-                reuse.remember(faces)
-                timings["detect_embed"] += time.perf_counter() - t0
-                self.counters["faces"] += len(faces)
-                self.counters["embedded"] += len(need)
+                carried = planner.plan(item.image, k)
+                t1 = time.perf_counter()
+                timings["carry"] += t1 - t0
+                if carried is None:
+                    faces = analyser.detect(item.image, k)
+                    need = reuse.assign(faces)
+                    if need:
+                        embs = analyser.embed(item.image, [faces[i] for i in need])
+                        for i, emb in zip(need, embs):
+                            faces[i].embedding = emb
+                    reuse.remember(faces)
+                    t2 = time.perf_counter()
+                    planner.detected(faces, item.image)
+                    timings["carry"] += time.perf_counter() - t2
+                    timings["detect_embed"] += t2 - t1
+                    stats["detector_calls"] += 1
+                    stats["embedded"] += len(need)
+                else:
+                    faces = carried
+                    reuse.follow(faces)
+                    stats["carried_frames"] += 1
+                stats["faces"] += len(faces)
                 t0 = time.perf_counter()
                 tracker.update(faces, item.image, k)
                 timings["track"] += time.perf_counter() - t0
@@ -189,7 +294,10 @@ class FaceTrackStage:
             raise VideoError(
                 info.name, f"ended early: {len(missing)} of {t} model frames could not be decoded"
             )
-        self.counters["tracking_frames"] += len(tracking_times)
+        stats["tracking_frames"] = len(tracking_times)
+        stats.update({f"detect/{reason}": n for reason, n in planner.reasons.items()})
+        result.stats = dict(stats)
+        self.counters.update(stats)
         t0 = time.perf_counter()
         tracks, _ = tracker.finish()
         timings["track"] += time.perf_counter() - t0
@@ -203,11 +311,17 @@ class FaceTrackStage:
         result.tracking_fps = plan.tracking_fps
         result.n_tracking_frames = len(tracking_times)
         result.tracking_times = tracking_times
-        result.main_track_id = select_main(tracks, cfg.select)
+        result.selection = select_characters(tracks, cfg.select)
+        result.main_track_id = result.selection.main_track_id
+        by_id = {track.track_id: track for track in tracks}
+        for tid in result.selection.characters:
+            boxes = boxes_at(by_id[tid], tracking_times, result.model_frames.timestamps)
+            result.character_boxes[tid] = boxes
+            result.character_crops[tid] = crops_for(images, boxes, cfg.select)
         main = result.main_track
         if main is not None:
-            result.main_boxes = boxes_at(main, tracking_times, result.model_frames.timestamps)
-            result.crops = crops_for(images, result.main_boxes, cfg.select)
+            result.main_boxes = list(result.character_boxes[main.track_id])
+            result.crops = result.character_crops[main.track_id]
         else:
             result.main_boxes = [None] * t
         timings["select_crop"] = time.perf_counter() - t0
@@ -254,4 +368,13 @@ def result_to_dict(result: FaceTrackResult) -> dict[str, Any]:
         ],
         "timings": {k: _r(v, 4) for k, v in result.timings.items()},
     }
+    if isinstance(result, StageResult):
+        sel = result.selection
+        out["selection"] = {
+            "mode": result.mode,
+            "margin": None if sel.margin is None else _r(sel.margin, 4),
+            "runner_up": sel.runner_up,
+            "characters": list(sel.characters),
+        }
+        out["stats"] = dict(result.stats)
     return out
