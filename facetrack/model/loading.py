@@ -838,6 +838,10 @@ def save_videollama2(
     llm_cfg = _llm_config_dict(model)
     base_type = llm_cfg.get("model_type", "mistral")
     config = dict(llm_cfg)
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        # transformers 4 (VideoLLaMA2's) reads a top-level rope_theta; without it RoPE runs with 10000.
+        config.setdefault("rope_theta", rope["rope_theta"])
     config.update(
         model_type=f"videollama2_{base_type}",
         architectures=[f"Videollama2{base_type.capitalize()}ForCausalLM"],
