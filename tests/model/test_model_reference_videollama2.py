@@ -297,12 +297,8 @@ def test_pad_mode_gives_videollama2s_padded_pixels(built: dict[str, Any], golden
             assert want["pixels_pad_sum"] != pytest.approx(want["pixels_sum"], abs=1.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="save_videollama2 writes only transformers 5's rope_parameters; VideoLLaMA2's transformers 4.40 "
-    "reads a top-level rope_theta and otherwise runs RoPE with 10000 (logits off by 3.2 on the tiny model)",
-)
 def test_videollama2_folder_keeps_a_top_level_rope_theta(tmp_path: Path) -> None:
+    """VideoLLaMA2's transformers 4.40 reads a top-level rope_theta (else RoPE runs with 10000)."""
     from facetrack.model.loading import save_videollama2
 
     save_videollama2(_tiny(0), tmp_path / "tiny")
