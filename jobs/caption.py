@@ -30,7 +30,7 @@ import numpy as np
 
 from facetrack import storage
 from facetrack.caption import CaptionerConfig
-from facetrack.config import load_config, to_dict
+from facetrack.config import load_config, read_yaml, to_dict
 from facetrack.faces.stage import FaceTrackConfig
 from facetrack.manifest import VIDEO_EXTENSIONS, InputError, read_inputs
 from facetrack.model.prompt import benchmark_instruction
@@ -516,7 +516,29 @@ def config_from_args(args: argparse.Namespace) -> CaptionJobConfig:
     overrides = [f"input={json.dumps(args.input)}", f"out={json.dumps(args.out)}"]
     if args.model:
         overrides.append(f"captioner.model={json.dumps(args.model)}")
-    return load_config(CaptionJobConfig, args.config, [*args.overrides, *overrides])
+    cfg = load_config(CaptionJobConfig, args.config, [*args.overrides, *overrides])
+    given = [o for o in args.overrides if o.split("=", 1)[0].strip() == "track.video.num_frames"]
+    in_file = args.config and "num_frames" in ((read_yaml(args.config).get("track") or {}).get("video") or {})
+    if not given and not in_file:  # sample the frames the checkpoint was made for (VideoLLaMA2's own)
+        frames = checkpoint_frames(cfg.captioner.model or DEFAULT_MODEL)
+        if frames:
+            cfg.track.video.num_frames = frames
+    return cfg
+
+
+def checkpoint_frames(model: str) -> int | None:
+    """The number of model frames ``model`` was made for (from its config only), or None if unknown."""
+    try:
+        if storage.is_remote(model) or os.path.isdir(os.path.expanduser(model)):
+            from facetrack.model.examples import model_num_frames
+
+            return model_num_frames(os.path.expanduser(model))
+        from huggingface_hub import hf_hub_download  # a hub id: its config.json only, cached or fetched
+
+        config = json.loads(open(hf_hub_download(model, "config.json")).read())
+        return int(config["num_frames"]) if config.get("num_frames") else None
+    except Exception:  # noqa: BLE001 - offline, no such model, unreadable: keep the configured default
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,3 +72,19 @@ def test_progress_prints_lines_unless_ray_draws_its_bars(caplog):
         assert progress.done == 2 and progress.failed == 1
         if lines:
             assert reports[0].startswith("progress: 2/2 done, 1 failed")
+
+
+def test_the_job_samples_the_frames_its_checkpoint_was_made_for(tiny_checkpoint, tmp_path):
+    from jobs.caption import build_parser, config_from_args
+
+    def frames(*extra: str, config: str | None = None) -> int:
+        argv = ["in/", "--out", str(tmp_path / "out"), "--model", str(tiny_checkpoint), *extra]
+        if config:
+            argv += ["--config", config]
+        return config_from_args(build_parser().parse_intermixed_args(argv)).track.video.num_frames
+
+    assert frames() == 8  # the tiny checkpoint is made with --frames 8 (the default would be 16)
+    assert frames("track.video.num_frames=4") == 4  # what the user asks for wins
+    settings = tmp_path / "job.yaml"
+    settings.write_text("track:\n  video:\n    num_frames: 6\n")
+    assert frames(config=str(settings)) == 6
