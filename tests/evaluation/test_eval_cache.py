@@ -161,7 +161,6 @@ def test_concurrent_items_keep_their_order_and_results(tmp_path: Path) -> None:
 
 def test_cache_key_includes_model_and_sampling_parameters(tmp_path) -> None:
 
-
     class Sampled(ScriptedJudge):
         def __init__(self, temperature: float) -> None:
             super().__init__(events={"c": ["he smiles"]})

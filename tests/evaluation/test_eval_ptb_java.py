@@ -24,8 +24,20 @@ def test_tem_command_reports_missing_java_in_one_line(monkeypatch, tmp_path, cap
     config.write_text("tokenizer: ptb\n")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     code = main(
-        ["tem", "--pred", str(pred), "--ref", str(ref), "--out", str(tmp_path / "out"),
-         "--metrics", "cider", "--config", str(config), "--no-progress"]
+        [
+            "tem",
+            "--pred",
+            str(pred),
+            "--ref",
+            str(ref),
+            "--out",
+            str(tmp_path / "out"),
+            "--metrics",
+            "cider",
+            "--config",
+            str(config),
+            "--no-progress",
+        ]
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "needs Java" in err and "\n" not in err and "Traceback" not in err
