@@ -3,8 +3,9 @@
     python -m jobs.caption INPUT --out OUTPUT [--model PATH_OR_HUB_ID] [--config FILE] [key=value ...]
 
 INPUT is a local folder, an ``s3://`` prefix, or a JSON/JSONL manifest of ``{"id", "video"}``. OUTPUT gets
-``rows/part-*.jsonl`` (or ``.parquet``) shards with one row per video, ``sheets/<id>.png`` contact sheets
-and ``summary.json``. Running the same command again skips every id already written.
+``rows/part-*.jsonl`` (or ``.parquet``) shards with one row per video (with ``track.select.mode=all``, one
+per character of the video, id ``<video id>#<n>``), ``sheets/<id>.png`` contact sheets and
+``summary.json``. Running the same command again skips every id already written.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ from facetrack.shards import (
     read_rows,
 )
 from facetrack.types import CaptionRow
+from jobs.caption_characters import COMPLETE, VideoRows, characters_written
 from jobs.caption_report import Progress, failure_reason, output_totals, print_summary, should_retry
 from jobs.caption_stages import (  # noqa: F401 - the stages are part of this job's interface
     CaptionActor,
     TrackWorker,
     _final_row,
     sheet_uri,
-    track_row,
+    track_rows,
 )
 from jobs.ray_session import connect
 
@@ -91,10 +93,6 @@ class CaptionJobConfig:
     track: FaceTrackConfig = field(default_factory=FaceTrackConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
 
-    def __post_init__(self) -> None:
-        if self.track.select.mode != "main":  # the stage finds every character; rows per character: to come
-            raise ValueError("track.select.mode=all is not supported by the caption job yet (one row each)")
-
 
 def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     """Run the caption job on the connected Ray cluster (``ray.init`` must have been called).
@@ -116,7 +114,10 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     earlier = read_rows(cfg.out)
     retried = {str(r["id"]) for r in earlier if r.get("error") and should_retry(str(r["error"]), cfg.retry)}
     already = {str(r["id"]) for r in earlier} - retried
-    todo = [v for v in inputs.videos if v.id not in already]
+    characters = cfg.track.select.mode == "all"
+    retried_videos = {i.rsplit("#", 1)[0] for i in retried if "#" in i} if characters else set()
+    skips = characters_written([r for r in earlier if str(r["id"]) not in retried]) if characters else {}
+    todo = [v for v in inputs.videos if v.id not in already and skips.get(v.id) is not COMPLETE]
     input_errors = [e for e in inputs.errors if e.id not in already]
     skipped = len(inputs.videos) - len(todo) + (len(inputs.errors) - len(input_errors))
     if cfg.limit is not None:
@@ -149,6 +150,7 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
     example: dict[str, str] | None = None
     waits: list[float] = []  # seconds from captioned to committed, per row
     pending: list[float] = []  # caption times of rows the driver holds, not yet committed
+    videos = VideoRows()
     with _OutputWriter(cfg.out, cfg.format, cfg.rows_per_shard, cfg.flush_seconds, run_id) as writer:
         for err in input_errors:
             writer.add(_input_error_row(err, model, prompt))
@@ -156,10 +158,11 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
             counts[f"failed/{failure_reason('input: ' + err.error)}"] += 1
             progress.update(failed=True)
         if todo:
-            ds = ray.data.from_items(
-                [{"id": v.id, "video": v.uri} for v in todo], override_num_blocks=min(len(todo), 1000)
-            )
-            ds = ds.map(
+            items = [
+                {"id": v.id, "video": v.uri, "skip": json.dumps(sorted(skips.get(v.id, ())))} for v in todo
+            ]
+            ds = ray.data.from_items(items, override_num_blocks=min(len(todo), 1000))
+            ds = ds.flat_map(
                 TrackWorker,
                 fn_constructor_kwargs={
                     "track": to_dict(cfg.track),
@@ -205,7 +208,12 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
                     counts["done"] += 1
                 for k, v in final["timings"].items():
                     stage_time[k] += float(v)
-                progress.update(failed=bool(final["error"]))
+                if characters:  # progress counts videos: a video is done with its last character's row
+                    for failed in videos.row(final, skips):
+                        counts["videos"] += 1
+                        progress.update(failed=failed)
+                else:
+                    progress.update(failed=bool(final["error"]))
                 if writer.due():
                     writer.flush()
                 if pending and not writer.buffered:
@@ -226,9 +234,11 @@ def run(cfg: CaptionJobConfig) -> dict[str, Any]:
             "failed": counts["failed"],
             "failed_by_reason": {k.split("/", 1)[1]: v for k, v in sorted(counts.items()) if "/" in k},
             "skipped_already_done": skipped,
-            "retried": sum(v.id in retried for v in todo) + sum(e.id in retried for e in input_errors),
+            "retried": sum(v.id in retried or v.id in retried_videos for v in todo)
+            + sum(e.id in retried for e in input_errors),
             "skipped_extension": inputs.skipped_extension,
             "duplicate_ids": sorted(set(inputs.duplicate_ids)),
+            **({"videos": counts["videos"]} if characters else {}),
         },
         "seconds": round(wall, 3),
         "videos_per_second": round(processed / wall, 4) if wall > 0 else None,

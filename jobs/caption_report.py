@@ -116,8 +116,9 @@ def _fmt_seconds(s: float) -> str:
 def print_summary(summary: dict[str, Any]) -> None:
     c = summary["counts"]
     out = summary["out"]
+    done = f"{c['done']} videos" if "videos" not in c else f"{c['done']} characters of {c['videos']} videos"
     print(
-        f"\ncaptioned {c['done']} videos, {c['failed']} failed, {c['skipped_already_done']} already done "
+        f"\ncaptioned {done}, {c['failed']} failed, {c['skipped_already_done']} already done "
         f"in {summary['seconds']:.1f} s ({summary['videos_per_second'] or 0:.2f} videos/s)"
     )
     for reason, n in c["failed_by_reason"].items():

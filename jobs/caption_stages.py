@@ -75,7 +75,10 @@ def sheet_uri(out: str, video_id: str) -> str:
 
 
 class TrackWorker:
-    """Ray Data callable class: one input row -> one row with the model frames and face crops."""
+    """Ray Data callable class for ``flat_map``: one input row -> its tracked rows (model frames and crops).
+
+    One row per video with ``select.mode=main``; one per character, id ``<video id>#<n>``, with ``all``.
+    """
 
     def __init__(self, track: dict[str, Any], out: str, sheets: bool, frame_size: int) -> None:
         from facetrack.faces.stage import FaceTrackStage
@@ -84,14 +87,21 @@ class TrackWorker:
         self.stage.setup()
         self.out, self.sheets, self.frame_size = out, sheets, frame_size
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        return track_row(self.stage, row, self.out, self.sheets, self.frame_size)
+    def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        return track_rows(self.stage, row, self.out, self.sheets, self.frame_size)
 
 
-def track_row(stage: Any, row: dict[str, Any], out: str, sheets: bool, frame_size: int) -> dict[str, Any]:
-    """Track one video with ``stage``; errors become the row's ``error``, never an exception."""
+def track_rows(
+    stage: Any, row: dict[str, Any], out: str, sheets: bool, frame_size: int
+) -> list[dict[str, Any]]:
+    """Track one video with ``stage``: its rows to caption; errors become a row's ``error``, never raised.
+
+    ``row`` is ``{"id", "video"}`` plus, optionally, ``skip``: a JSON list of character ids an earlier run
+    already wrote (``select.mode=all``), which are not made again.
+    """
     video = VideoRef(id=str(row["id"]), uri=str(row["video"]))
-    out_row: dict[str, Any] = {
+    skip = set(json.loads(row.get("skip") or "[]"))
+    base: dict[str, Any] = {
         "id": video.id,
         "video": video.uri,
         "frames": b"",
@@ -105,21 +115,32 @@ def track_row(stage: Any, row: dict[str, Any], out: str, sheets: bool, frame_siz
     try:
         result = stage.process(video)
     except Exception as exc:  # a bug or an environment problem: record it on the row, keep the job going
-        out_row["error"] = f"track: {type(exc).__name__}: {exc}"
-        return out_row
+        return [{**base, "error": f"track: {type(exc).__name__}: {exc}"}]
     timings = dict(result.timings)
     timings["track_total"] = time.perf_counter() - t0
+    rows = []
     if result.error:
-        out_row["error"] = f"track: {result.error}"
+        rows.append({**base, "error": f"track: {result.error}"})
     else:
         try:
-            clip = result.to_clip()
-            out_row["frames"] = _npy(_resize_long_side(clip.frames, frame_size))
-            out_row["crops"] = _npy(clip.crops)
-            out_row["main_track"] = json.dumps(result.main_track_summary())
+            clips = result.character_clips()
+            frames = _npy(_resize_long_side(clips[0][0].frames, frame_size))
+            for clip, summary in clips:
+                if clip.id in skip:
+                    continue
+                rows.append(
+                    {
+                        **base,
+                        "id": clip.id,
+                        "frames": frames,
+                        "crops": _npy(clip.crops),
+                        "main_track": json.dumps(summary),
+                    }
+                )
         except Exception as exc:
-            out_row["error"] = f"track: {type(exc).__name__}: {exc}"
-    if sheets and not out_row["error"]:
+            rows = [{**base, "error": f"track: {type(exc).__name__}: {exc}"}]
+    warnings: list[str] = []
+    if sheets and rows and not rows[0]["error"]:
         t1 = time.perf_counter()
         try:
             from facetrack.faces.draw import contact_sheet_png
@@ -128,10 +149,11 @@ def track_row(stage: Any, row: dict[str, Any], out: str, sheets: bool, frame_siz
             if png is not None:
                 storage.write_bytes(sheet_uri(out, video.id), png)
         except Exception as exc:  # a sheet that cannot be written costs the sheet, never the caption
-            out_row["warnings"] = json.dumps([f"sheet: {type(exc).__name__}: {exc}"])
+            warnings.append(f"sheet: {type(exc).__name__}: {exc}")
         timings["sheet"] = time.perf_counter() - t1
-    out_row["timings"] = json.dumps(timings)
-    return out_row
+    for r in rows:
+        r["timings"], r["warnings"] = json.dumps(timings), json.dumps(warnings)
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -46,6 +46,10 @@ class SelectConfig:
     seed: int = 0
     mode: Literal["main", "all"] = "main"
     """``main``: one character per video; ``all``: every trajectory of the main cluster is a character."""
+    tie: float = 0.25
+    """``mode=all``: a candidate whose area is at least ``1 - tie`` of the main character's is a character
+    too, whichever cluster K-means gave it (two people sharing the screen equally, a dialogue: K-means on
+    standardised features always splits two trajectories)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("main", "all"):
@@ -54,6 +58,8 @@ class SelectConfig:
             raise ValueError("crop_size must be at least 8")
         if self.margin < 0:
             raise ValueError("margin must not be negative")
+        if not 0.0 <= self.tie < 1.0:
+            raise ValueError("tie must be in [0, 1)")
 
 
 def track_features(tracks: Sequence[Track]) -> np.ndarray:
@@ -96,6 +102,10 @@ def select_characters(tracks: Sequence[Track], config: SelectConfig | None = Non
             members = [t for t, lab in zip(candidates, labels) if lab == main_label]
     members = sorted(members, key=lambda t: (-t.area, t.track_id))
     main = members[0]
+    if config.mode == "all":  # equals of the main character are characters whatever their cluster
+        ids = {t.track_id for t in members}
+        equals = [t for t in ranked if t.track_id not in ids and t.area >= (1.0 - config.tie) * main.area]
+        members = [main, *sorted(members[1:] + equals, key=lambda t: (-t.area, t.track_id))]
     others = [t for t in ranked if t.track_id != main.track_id]
     runner = others[0] if others else None
     margin = 1.0 if runner is None or main.area <= 0 else max(0.0, 1.0 - runner.area / main.area)

@@ -98,3 +98,18 @@ def test_crop_is_square_with_margin_and_black_outside() -> None:
     assert xs.min() == pytest.approx(10, abs=1) and xs.max() == pytest.approx(49, abs=1)
     corner = crop_square(image, (0, 0, 20, 20), margin=0.5, size=30)
     assert corner[:4, :4].max() == 0  # outside the frame: black padding
+
+
+def test_mode_all_takes_the_main_characters_equals_whatever_their_cluster() -> None:
+    from facetrack.faces.select import select_characters
+
+    dialogue = [track(0, 2.05, 0.999), track(1, 2.27, 0.994)]  # K-means always splits two trajectories
+    both = select_characters(dialogue, SelectConfig(mode="all"))
+    assert both.main_track_id == 1 and both.characters == [1, 0]
+    extras = select_characters([*dialogue, track(2, 0.3, 0.99)], SelectConfig(mode="all"))
+    assert extras.characters == [1, 0]  # a small extra is not a character
+    assert both.margin is not None and abs(both.margin - (1 - 2.05 / 2.27)) < 1e-9
+    assert select_characters(dialogue, SelectConfig(mode="main")).characters == [1]
+    assert select_characters(dialogue, SelectConfig(mode="all", tie=0.05)).characters == [1]
+    with pytest.raises(ValueError, match="tie"):
+        SelectConfig(tie=1.0)

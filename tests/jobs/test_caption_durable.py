@@ -39,7 +39,7 @@ def tracked_batch(archive: Path, out: Path) -> dict[str, np.ndarray]:
     track = to_dict(FaceTrackConfig())
     track["video"]["num_frames"] = 8
     worker = TrackWorker(track, str(out), sheets=False, frame_size=336)
-    rows = [worker({"id": v, "video": str(archive / v)}) for v in video_ids(archive)[:2]]
+    rows = [r for v in video_ids(archive)[:2] for r in worker({"id": v, "video": str(archive / v)})]
     return {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
 
 

@@ -88,12 +88,3 @@ def test_the_job_samples_the_frames_its_checkpoint_was_made_for(tiny_checkpoint,
     settings = tmp_path / "job.yaml"
     settings.write_text("track:\n  video:\n    num_frames: 6\n")
     assert frames(config=str(settings)) == 6
-
-
-def test_select_mode_all_is_refused_by_the_caption_job_not_ignored(tiny_checkpoint, tmp_path):
-    from facetrack.config import ConfigError
-    from jobs.caption import build_parser, config_from_args
-
-    argv = ["in/", "--out", str(tmp_path / "out"), "--model", str(tiny_checkpoint), "track.select.mode=all"]
-    with pytest.raises(ConfigError, match="select.mode=all is not supported by the caption job"):
-        config_from_args(build_parser().parse_intermixed_args(argv))
