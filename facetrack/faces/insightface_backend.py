@@ -145,7 +145,7 @@ class InsightFaceAnalyser:
             ", ".join(providers),
             ", ".join(active),
             ", ".join(rec_active),
-            "on" if self._batch_session is not None else "off (the detector's batch dimension is fixed)",
+            "on" if self._batch_session is not None else "off (the detector cannot take a batch)",
         )
         if CUDA in providers and (CUDA not in active or CUDA not in rec_active):
             logger.warning(
@@ -165,8 +165,9 @@ class InsightFaceAnalyser:
     def detect_batch(self, images: Sequence[np.ndarray], frames: Sequence[int]) -> list[list[Face]]:
         """Faces of each image, as :meth:`detect` finds them, with the detector run once per batch.
 
-        The detector sees up to :attr:`max_batch` letterboxed frames stacked NCHW when its ONNX input has
-        a dynamic batch dimension; a fixed-batch detector (``buffalo_l``'s ``det_10g``) runs per frame.
+        The detector sees up to :attr:`max_batch` letterboxed frames stacked NCHW when it can take a batch
+        (its ONNX input's batch dimension is dynamic, or freeing it passes a probe at setup, see
+        :func:`_batch_session`); a detector that cannot runs per frame.
         Images may differ in size. Results are per image, in order, each face's ``frame`` from ``frames``.
         """
         if len(images) != len(frames):
@@ -317,14 +318,62 @@ def _rows(out: np.ndarray, i: int, n: int, rows: int) -> np.ndarray:
 
 
 def _batch_session(det) -> object | None:
-    """The detector's onnxruntime session when its input's batch dimension is dynamic, else None."""
+    """A session that runs the detector on a batch: its own when its input's batch dimension is dynamic,
+    else one made from its ONNX file with that dimension freed, kept only if a probe batch gives each
+    image's outputs exactly as it gives them alone (many exports, ``det_10g`` among them, fix the batch
+    at 1 in the declared shapes only). None when neither works."""
     inputs = det.session.get_inputs()
     if not inputs or len(inputs[0].shape) != 4:
         return None
     batch = inputs[0].shape[0]
-    if isinstance(batch, (int, np.integer)) and batch > 0:
+    if not (isinstance(batch, (int, np.integer)) and batch > 0):
+        return det.session
+    model_file = getattr(det, "model_file", None)
+    if not model_file:
         return None
-    return det.session
+    try:
+        session = _freed_batch_session(model_file, inputs[0].name, list(det.session.get_providers()))
+        return session if _batches_like_single(session, det) else None
+    except Exception as exc:  # noqa: BLE001 - any failure means: no batched session, detect per frame
+        logger.info("the detector cannot run batched (%s: %s); detecting per frame", type(exc).__name__, exc)
+        return None
+
+
+def _freed_batch_session(model_file: str, input_name: str, providers: list[str]) -> object:
+    import onnx
+    import onnxruntime
+
+    model = onnx.load(str(model_file))
+    for value in model.graph.input:
+        if value.name == input_name:
+            value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    for value in model.graph.output:
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_param = f"{value.name}_rows"
+    return onnxruntime.InferenceSession(model.SerializeToString(), providers=providers)
+
+
+def _batches_like_single(session, det) -> bool:
+    """Whether ``session`` gives two different probe images in one batch the outputs each gets alone."""
+    width, height = _input_sizes(det)[0]
+    rng = np.random.default_rng(0)
+    blocks = rng.choice([-1.0, 1.0], size=(1, 3, -(-height // 32), -(-width // 32)))
+    textured = np.kron(blocks, np.ones((1, 1, 32, 32)))[:, :, :height, :width]
+    probe = np.concatenate([np.full_like(textured, -1.0), textured]).astype(np.float32)
+    both = session.run(det.output_names, {det.input_name: probe})
+    alone = [session.run(det.output_names, {det.input_name: probe[i : i + 1]}) for i in range(2)]
+    differ = False
+    for out, first, second in zip(both, *alone):
+        parts = [out[0], out[1]] if out.ndim == 3 else np.split(out, 2) if len(out) % 2 == 0 else None
+        if parts is None or parts[0].shape != first.reshape(parts[0].shape).shape:
+            return False
+        want = [first.reshape(parts[0].shape), second.reshape(parts[1].shape)]
+        scale = max(float(np.abs(want[0]).max(initial=0)), float(np.abs(want[1]).max(initial=0)), 1e-6)
+        if not all(np.allclose(p, w, rtol=1e-3, atol=1e-4 * scale) for p, w in zip(parts, want)):
+            return False
+        differ = differ or not np.allclose(want[0], want[1], rtol=1e-3, atol=1e-4 * scale)
+    return differ
 
 
 def _input_sizes(det) -> list[tuple[int, int]]:

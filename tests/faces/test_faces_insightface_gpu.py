@@ -257,22 +257,81 @@ def test_batched_detection_keeps_max_faces_as_per_frame(pack: Path, tmp_path: Pa
     _same(analyser.detect_batch(frames, numbers), single)
 
 
-def test_fixed_batch_detector_runs_per_frame(pack: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    analyser = _analyser(pack)
-    assert analyser._batch_session is None  # input 1x3xHxW, as buffalo_l's det_10g
-    frames = _frames()
-    numbers = [0, 2, 4, 6, 8, 10]
-    single = [analyser.detect(image, k) for image, k in zip(frames, numbers)]
-    runs: list[int] = []
+def _edited(pack: Path, directory: Path, edit) -> Path:
+    """A copy of the pack whose detector graph ``edit`` changed (its declared batch stays 1)."""
+    import shutil
+
+    import onnx
+
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(pack / "w600k_r50.onnx", directory / "w600k_r50.onnx")
+    model = onnx.load(str(pack / "det_10g.onnx"))
+    edit(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(directory / "det_10g.onnx"))
+    return directory
+
+
+def _single_image_only(model) -> None:
+    # The first node reads the input reshaped to exactly one image: any batch of two fails in the graph.
+    from onnx import helper, numpy_helper
+
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, 3, 0, 0], np.int64), "one_image"))
+    model.graph.node[0].input[0] = "single"
+    model.graph.node.insert(0, helper.make_node("Reshape", ["input.1", "one_image"], ["single"], name="One"))
+
+
+def _interleaved_rows(model) -> None:
+    # Outputs flattened (row, column, image, anchor): right for one image, images mixed in a batch.
+    from onnx import helper
+
+    for node in model.graph.node:
+        if node.op_type == "Transpose":
+            del node.attribute[:]
+            node.attribute.append(helper.make_attribute("perm", [2, 3, 0, 1]))
+
+
+def _detect_calls(analyser: InsightFaceAnalyser, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
     real = analyser.detect
 
     def detect(image, frame=0):
-        runs.append(frame)
+        calls.append(frame)
         return real(image, frame)
 
     monkeypatch.setattr(analyser, "detect", detect)
+    return calls
+
+
+def test_declared_batch_of_one_is_freed_when_the_graph_batches(pack: Path, monkeypatch) -> None:
+    # The tiny pack declares 1x3xHxW, as buffalo_l's det_10g; its graph batches (rows image after image).
+    analyser = _analyser(pack)
+    assert analyser._det.session.get_inputs()[0].shape[0] == 1
+    assert analyser._batch_session is not None and analyser._batch_session is not analyser._det.session
+    frames = _frames()
+    numbers = [0, 2, 4, 6, 8, 10]
+    single = [analyser.detect(image, k) for image, k in zip(frames, numbers)]
+    calls = _detect_calls(analyser, monkeypatch)
+    sizes: list[int] = []
+    real = analyser._batch_session.run
+    monkeypatch.setattr(
+        analyser._batch_session, "run", lambda n, f: sizes.append(len(f["input.1"])) or real(n, f)
+    )
     _same(analyser.detect_batch(frames, numbers), single)
-    assert runs == numbers
+    assert calls == [] and sizes == [6]
+
+
+@pytest.mark.parametrize("edit", [_single_image_only, _interleaved_rows])
+def test_detector_that_cannot_batch_runs_per_frame(pack: Path, tmp_path: Path, monkeypatch, edit) -> None:
+    analyser = _analyser(_edited(pack, tmp_path / "models" / edit.__name__, edit))
+    assert analyser._batch_session is None  # the probe at setup refused it
+    frames = _frames()
+    numbers = [0, 2, 4, 6, 8, 10]
+    single = [analyser.detect(image, k) for image, k in zip(frames, numbers)]
+    assert [len(f) for f in single] == [2, 1, 3, 0, 2, 2]
+    calls = _detect_calls(analyser, monkeypatch)
+    _same(analyser.detect_batch(frames, numbers), single)
+    assert calls == numbers
 
 
 def test_detect_batch_empty_and_mismatched(dynamic) -> None:
