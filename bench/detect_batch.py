@@ -6,11 +6,12 @@ Run by hand:
   python bench/detect_batch.py --providers CUDAExecutionProvider,CPUExecutionProvider   # on a GPU machine
 
 Frames are 640x360 grey with real faces from installed packages pasted in and bright squares (what the
-tiny pack's detector finds). Without ``--pack`` the detector is the tiny SCRFD-shaped pack the tests build,
-rewritten to take any batch (insightface's ``(N, K, C)`` batched output layout): its arithmetic is trivial,
-so its numbers measure the backend's own work around the session (letterbox, blob, decoding, NMS), not a
-real network. With ``--pack`` (e.g. ``buffalo_l``) the pack's own detector runs; a fixed-batch detector
-(``buffalo_l``'s ``det_10g`` takes 1x3xHxW) makes ``detect_batch`` run per frame, which the table says.
+tiny pack's detector finds). Without ``--pack`` the detector is the tiny SCRFD-shaped pack the tests build
+(declared 1x3xHxW like ``buffalo_l``'s ``det_10g``, so it runs batched through the freed-batch session the
+backend makes at setup): its arithmetic is trivial, so its numbers measure the backend's own work around
+the session (letterbox, blob, decoding, NMS), not a real network. With ``--pack`` (e.g. ``buffalo_l``) the
+pack's own detector runs; one that cannot take a batch makes ``detect_batch`` run per frame (the first
+line printed says which).
 insightface's pretrained packs (``buffalo_l`` and the others) are licensed for non-commercial research only.
 
 Per mode (``detect`` per frame, then ``detect_batch`` with batches of 1, 4, 8 and 16 frames): frames per
@@ -40,32 +41,6 @@ from facetrack.faces.base import FaceConfig  # noqa: E402
 from facetrack.faces.insightface_backend import InsightFaceAnalyser  # noqa: E402
 from facetrack.samples import face_sources  # noqa: E402
 from facetrack.types import Face  # noqa: E402
-
-
-def dynamic_tiny_pack(directory: Path) -> Path:
-    """The tests' tiny pack with a detector that takes any batch and answers ``(N, K, C)``."""
-    import onnx
-    from onnx import numpy_helper
-
-    from tests.faces.tiny_pack import build_pack
-
-    build_pack(directory)
-    model = onnx.load(str(directory / "det_10g.onnx"))
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    for init in model.graph.initializer:
-        if init.name in ("flat_scores", "flat_boxes", "flat_kps"):
-            width = int(numpy_helper.to_array(init)[-1])
-            init.CopyFrom(numpy_helper.from_array(np.array([0, -1, width], np.int64), init.name))
-    for out in model.graph.output:
-        dims = out.type.tensor_type.shape.dim
-        width = dims[-1].dim_value
-        del dims[:]
-        dims.add().dim_param = "N"
-        dims.add().dim_param = "K"
-        dims.add().dim_value = width
-    onnx.checker.check_model(model)
-    onnx.save(model, str(directory / "det_10g.onnx"))
-    return directory
 
 
 def frames(count: int, width: int = 640, height: int = 360, seed: int = 0) -> list[np.ndarray]:
@@ -123,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench-detect-batch.json")
     args = parser.parse_args(argv)
     tmp = tempfile.TemporaryDirectory()
-    pack = Path(args.pack).expanduser() if args.pack else dynamic_tiny_pack(Path(tmp.name) / "tiny_dynamic")
+    if args.pack:
+        pack = Path(args.pack).expanduser()
+    else:
+        from tests.faces.tiny_pack import build_pack
+
+        pack = build_pack(Path(tmp.name) / "tiny_pack")
     providers = [p for p in args.providers.split(",") if p]
     analyser = InsightFaceAnalyser(
         FaceConfig(
@@ -168,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['faces']:>7}{str(row['equal_to_per_frame']):>7}"
         )
     report = {
-        "pack": pack.name if args.pack else "tiny pack (dynamic batch)",
+        "pack": pack.name if args.pack else "tiny pack",
         "providers": analyser.providers,
         "batched_session": batched,
         "detect_size": args.detect_size,
