@@ -8,7 +8,10 @@ the exit status is 1 when any video failed.
 
 Settings come from FaceTrackConfig (sections video, faces, track, select): a --config YAML file and
 key=value overrides such as faces.backend=builtin or video.max_tracking_frames=128 (among the inputs,
-or after --set).
+or after --set). By default the detector runs on keyframes only (faces.detect_every=8: at least every 8
+tracking frames, earlier on a shot cut or when a carried face fails its check) and faces are carried in
+between; faces.detect_every=1 detects on every tracking frame. The built-in backend upsamples once
+(faces.upsample=1) so it finds faces down to about 40 px; faces.upsample=0 is cheaper and stops at ~80 px.
 
 Examples:
   facetrack track clip.mp4 --out tracks/

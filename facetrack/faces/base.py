@@ -38,6 +38,12 @@ class StrideConfig:
     assumed (triggers detection)."""
     template: int = 32
     """Templates and search windows are scaled so a face is at most this many pixels wide."""
+    context: float = 0.15
+    """Templates hold this fraction of the face's side as a border around its box, so a face with a flat
+    inside is still located by its outline."""
+    min_std: float = 6.0
+    """A template whose grey levels spread less than this (standard deviation, 0..255) is too flat to
+    check: that face is re-detected on the next frame instead of being carried."""
     search: float = 0.35
     """Search margin around the predicted box, as a fraction of its side (plus the predicted motion)."""
     motion_weight: float = 4.0
@@ -49,8 +55,10 @@ class StrideConfig:
             raise ValueError("stride.min_ncc must be in [-1, 1]")
         if self.template < 8:
             raise ValueError("stride.template must be at least 8")
-        if self.search < 0 or self.motion_weight < 0 or self.cut_threshold < 0:
-            raise ValueError("stride.search, motion_weight and cut_threshold must not be negative")
+        if min(self.search, self.motion_weight, self.cut_threshold, self.context, self.min_std) < 0:
+            raise ValueError(
+                "stride.search, motion_weight, cut_threshold, context and min_std must not be negative"
+            )
 
 
 @dataclass(slots=True)
@@ -79,14 +87,14 @@ class FaceConfig:
     """insightface: onnxruntime execution providers; empty means CUDA when available, else CPU."""
     detector: Literal["hog", "cnn"] = "hog"
     """built-in: dlib's HOG detector (fast) or its CNN (MMOD) detector (slower, finds turned faces)."""
-    upsample: int = 0
+    upsample: int = 1
     """built-in: times the detector upsamples the image. dlib's HOG window is 80 pixels: 0 finds faces
-    down to about 80 pixels (of the detector's input), 1 down to about 40 (4x the cost), 2 to about 20."""
-    detect_every: int = 1
-    """1 (the default) detects on every tracking frame. Above 1, the adaptive detection stride (not yet the
-    default: it is still being measured): the detector runs at least every this many tracking frames, and
-    earlier on a shot cut, a failed carry check or growing uncertainty; faces are carried in between (see
-    :mod:`facetrack.faces.carry`)."""
+    down to about 80 pixels (of the detector's input), 1 (the default) down to about 40 (4x the cost of 0,
+    paid for by the detection stride), 2 to about 20."""
+    detect_every: int = 8
+    """The adaptive detection stride (the default, 8): the detector runs at least every this many tracking
+    frames, and earlier on a shot cut, a failed carry check or growing uncertainty; faces are carried in
+    between (see :mod:`facetrack.faces.carry`). 1 detects on every tracking frame (for comparison)."""
     stride: StrideConfig = field(default_factory=StrideConfig)
 
     def __post_init__(self) -> None:

@@ -3,7 +3,10 @@
 Between two detector calls each face of the previous tracking frame is carried: its box is predicted
 with the face's own velocity (constant motion between tracking frames), then checked on the frame by
 normalised cross-correlation (NCC) of the face's grey template, taken at its last detection, in a small
-window around the prediction (scaled so the template is at most ``template`` pixels wide). The best match
+window around the prediction (scaled so the template is at most ``template`` pixels wide). The template
+holds the box plus a ``context`` border around it, so a face whose inside is flat (little texture) is
+still located by its outline; a template that is flat even so (grey spread under ``min_std``) cannot be
+checked, and such a face is re-detected on the next frame instead of being carried. The best match
 becomes the carried box; the face keeps its embedding, landmarks (shifted) and score, so the tracker
 associates it with the same trajectory at no embedding cost.
 
@@ -27,9 +30,14 @@ from facetrack.types import Face
 @dataclass(slots=True)
 class _Carried:
     face: Face
-    template: np.ndarray
-    """Grey template of the face at its last detection, ``scale`` times its size."""
+    template: np.ndarray | None
+    """Grey template of the face and its context border at its last detection, ``scale`` times its size;
+    ``None`` when it is too flat to check (the face is re-detected on the next frame)."""
     scale: float
+    offset: tuple[float, float] = (0.0, 0.0)
+    """Where the box's top-left corner lies in the template, in frame pixels."""
+    border: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    """Context the template holds on each side of the box (left, top, right, bottom), frame pixels."""
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
     uncertainty: float = 0.0
 
@@ -105,6 +113,8 @@ class StridePlanner:
     def _carry(self, item: _Carried, grey: np.ndarray, frame: int) -> Face | None:
         import cv2
 
+        if item.template is None:
+            return None  # nothing to check the prediction with: let the detector decide
         cfg = self.config
         h, w = grey.shape[:2]
         box = np.asarray(item.face.box, dtype=np.float64)
@@ -113,8 +123,10 @@ class StridePlanner:
         pred = box + np.concatenate([item.velocity, item.velocity])
         speed = float(np.hypot(*item.velocity))
         pad = cfg.search * side + speed
-        x0, y0 = max(0, int(pred[0] - pad)), max(0, int(pred[1] - pad))
-        x1, y1 = min(w, int(np.ceil(pred[2] + pad))), min(h, int(np.ceil(pred[3] + pad)))
+        left, top, right, bottom = item.border
+        x0, y0 = max(0, int(pred[0] - left - pad)), max(0, int(pred[1] - top - pad))
+        x1 = min(w, int(np.ceil(pred[2] + right + pad)))
+        y1 = min(h, int(np.ceil(pred[3] + bottom + pad)))
         th, tw = item.template.shape[:2]
         rw, rh = int(round((x1 - x0) * item.scale)), int(round((y1 - y0) * item.scale))
         if rw < tw or rh < th:
@@ -126,7 +138,8 @@ class StridePlanner:
         _, peak, _, loc = cv2.minMaxLoc(scores)
         if not np.isfinite(peak) or peak < cfg.min_ncc:
             return None
-        nx, ny = x0 + loc[0] / item.scale, y0 + loc[1] / item.scale
+        nx = x0 + loc[0] / item.scale + item.offset[0]
+        ny = y0 + loc[1] / item.scale + item.offset[1]
         new_box = clip_box((nx, ny, nx + bw, ny + bh), w, h)
         if new_box[2] - new_box[0] < 0.5 * bw or new_box[3] - new_box[1] < 0.5 * bh:
             return None  # leaving the frame: let the detector decide
@@ -148,8 +161,6 @@ class StridePlanner:
 
     def detected(self, faces: list[Face], image: np.ndarray) -> None:
         """Take the detector's (embedded) faces of this frame as the new keyframe."""
-        import cv2
-
         self._since = 0
         if self.detect_every == 1:
             return
@@ -158,26 +169,40 @@ class StridePlanner:
         previous = {id(c): c for c in self._carried}
         prev_centres = [(_centre(c.face.box), c) for c in previous.values()]
         carried = []
-        h, w = grey.shape[:2]
         for face in faces:
-            x1, y1, x2, y2 = (int(round(v)) for v in face.box)
-            x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
-            if x2 - x1 < 4 or y2 - y1 < 4:
-                # Nothing to match: a flat template fails its first check, so the detector decides.
-                carried.append(_Carried(face, np.zeros((4, 4), np.uint8), 1.0))
-                continue
-            side = max(x2 - x1, y2 - y1)
-            scale = min(1.0, self.config.template / side)
-            patch = grey[y1:y2, x1:x2]
-            tw, th = max(4, int(round((x2 - x1) * scale))), max(4, int(round((y2 - y1) * scale)))
-            template = cv2.resize(patch, (tw, th), interpolation=cv2.INTER_AREA) if scale != 1.0 else patch
+            template, scale, offset, border = self._template(grey, face.box)
             velocity = np.zeros(2)
             centre = _centre(face.box)
             if prev_centres:
                 dists = [float(np.hypot(*(centre - pc))) for pc, _ in prev_centres]
                 j = int(np.argmin(dists))
-                if dists[j] < 0.5 * side:
+                if dists[j] < 0.5 * max(face.box[2] - face.box[0], face.box[3] - face.box[1], 1.0):
                     # The same face as one carried into this frame: refine its motion estimate.
                     velocity = 0.5 * prev_centres[j][1].velocity + 0.5 * (centre - prev_centres[j][0])
-            carried.append(_Carried(face, np.ascontiguousarray(template), scale, velocity))
+            carried.append(_Carried(face, template, scale, offset, border, velocity))
         self._carried = carried
+
+    def _template(
+        self, grey: np.ndarray, box
+    ) -> tuple[np.ndarray | None, float, tuple[float, float], tuple[float, float, float, float]]:
+        """The grey template of ``box`` with its context border: (template or None, scale, offset, border)."""
+        import cv2
+
+        cfg = self.config
+        h, w = grey.shape[:2]
+        bx1, by1, bx2, by2 = (float(v) for v in box[:4])
+        side = max(bx2 - bx1, by2 - by1, 1.0)
+        ctx = cfg.context * side
+        x1, y1 = max(0, int(round(bx1 - ctx))), max(0, int(round(by1 - ctx)))
+        x2, y2 = min(w, int(round(bx2 + ctx))), min(h, int(round(by2 + ctx)))
+        offset = (bx1 - x1, by1 - y1)
+        border = (bx1 - x1, by1 - y1, x2 - bx2, y2 - by2)
+        if x2 - x1 < 4 or y2 - y1 < 4:
+            return None, 1.0, offset, border
+        scale = min(1.0, cfg.template / max(x2 - x1, y2 - y1))
+        patch = grey[y1:y2, x1:x2]
+        tw, th = max(4, int(round((x2 - x1) * scale))), max(4, int(round((y2 - y1) * scale)))
+        template = cv2.resize(patch, (tw, th), interpolation=cv2.INTER_AREA) if scale != 1.0 else patch
+        if float(template.std()) < cfg.min_std:
+            return None, scale, offset, border  # flat: any place would match it
+        return np.ascontiguousarray(template), scale, offset, border

@@ -65,3 +65,32 @@ def test_the_detector_runs_again_on_a_cut_a_failed_check_and_the_stride() -> Non
     results = [planner.plan(scene(50, 60), i) for i in range(1, 5)]
     assert [r is None for r in results] == [False, False, False, True]  # at least every 4 frames
     assert planner.reasons.get("stride") == 1
+
+
+def flat_square(x: int, y: int) -> np.ndarray:
+    """A 320x180 dark frame with a flat bright 32 px square (no texture inside) at (x, y)."""
+    image = np.full((180, 320, 3), 20, np.uint8)
+    image[y : y + 32, x : x + 32] = 230
+    return image
+
+
+def test_a_flat_face_is_located_by_its_outline() -> None:
+    planner = StridePlanner(8)
+    planner.plan(flat_square(60, 50), 0)
+    planner.detected([Face(frame=0, box=(60, 50, 92, 82), score=0.9)], flat_square(60, 50))
+    for i in range(1, 4):
+        carried = planner.plan(flat_square(60 + 2 * i, 50), i)
+        assert carried is not None, i
+        assert carried[0].box == pytest.approx((60 + 2 * i, 50, 92 + 2 * i, 82), abs=1.0)
+    # A jump larger than the search window fails the check instead of being carried to a wrong place.
+    assert planner.plan(flat_square(150, 50), 4) is None
+    assert planner.reasons.get("check") == 1
+
+
+def test_a_template_flat_even_with_its_border_is_not_carried() -> None:
+    image = np.full((180, 320, 3), 128, np.uint8)
+    planner = StridePlanner(8)
+    planner.plan(image, 0)
+    planner.detected([Face(frame=0, box=(60, 50, 92, 82), score=0.9)], image)
+    assert planner.plan(image, 1) is None  # any place would match: the detector decides
+    assert planner.reasons.get("check") == 1
