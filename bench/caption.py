@@ -86,7 +86,9 @@ def make_clips(n: int, frames: int, seed: int = 0) -> list[Clip]:
 def build_captioner(args: argparse.Namespace, tmp: Path) -> tuple[Captioner, dict]:
     import torch
 
-    from facetrack.model.loading import LoadedModel, load_tokenizer, save_videollama2
+    from facetrack.model.language_model import load_tokenizer
+    from facetrack.model.loading import LoadedModel
+    from facetrack.model.saving import save_videollama2
     from facetrack.model.tiny import BENCH_SIZE, build_tiny, tiny_spec, write_mistral_tokenizer
 
     common = dict(device=args.device, max_new_tokens=args.max_new_tokens, dtype=args.dtype)

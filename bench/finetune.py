@@ -75,7 +75,8 @@ def write_model(size_name: str, folder: Path, bf16: bool) -> dict[str, Any]:
     import torch
     from torch import nn
 
-    from facetrack.model.loading import load_tokenizer, save_videollama2
+    from facetrack.model.language_model import load_tokenizer
+    from facetrack.model.saving import save_videollama2
     from facetrack.model.tiny import build_tiny, tiny_spec, write_mistral_tokenizer
 
     size = model_size(size_name)

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from facetrack.model.loading import save_checkpoint, save_videollama2
+    from facetrack.model.saving import save_checkpoint, save_videollama2
     from facetrack.model.tiny import BENCH_SIZE, TinySize, build_tiny, tiny_spec, write_mistral_tokenizer
 
     if args.frames < 1 or args.face_tokens < 1:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         write_mistral_tokenizer(out)
     else:
         write_mistral_tokenizer(out)
-        from facetrack.model.loading import load_tokenizer
+        from facetrack.model.language_model import load_tokenizer
 
         save_checkpoint(model, load_tokenizer(out), out)
     params = sum(p.numel() for p in model.parameters())

@@ -174,7 +174,8 @@ def longest_prompt(tokenizer: Any, templates: Sequence[str]) -> int:
 
 def model_num_frames(source: str) -> int:
     """The frame count a checkpoint was trained with, read from its config only (no weights)."""
-    from facetrack.model.loading import OUR_CONFIG, resolve_source
+    from facetrack.model.checkpoint_files import OUR_CONFIG
+    from facetrack.model.sources import resolve_source
 
     if not (storage.is_remote(source) or Path(source).is_dir()):  # a hub id: its config files only
         try:

@@ -11,9 +11,13 @@ from typing import Any
 import torch
 
 from facetrack import storage
+from facetrack.model.checkpoint_files import TOKENIZER_FILES, detect_format, load_torch_file
+from facetrack.model.loading import load_model
 from facetrack.model.lora import add_face_branch
 from facetrack.model.modeling import FaceTrackMM
 from facetrack.model.run_checkpoints import NON_LORA_FILE, TRAIN_STATE_FILE, checkpoint_folders, write_json
+from facetrack.model.saving import save_checkpoint
+from facetrack.model.sources import resolve_source
 
 EXPORT_INFO_FILE = "finetune.json"
 
@@ -91,11 +95,9 @@ def export_checkpoint(
 
     Raises:
         ExportError: no checkpoint, or it lacks a part.
-        facetrack.model.loading.CheckpointError: the base model cannot be loaded.
+        facetrack.model.checkpoint_files.CheckpointError: the base model cannot be loaded.
     """
     import tempfile
-
-    from facetrack.model import loading
 
     checkpoint = find_checkpoint(source)
     out = Path(out_dir)
@@ -107,9 +109,9 @@ def export_checkpoint(
         base_source = _absolute_source(base or str(state.get("model") or ""))
         if not base_source:
             raise ExportError(f"{checkpoint}: the base model is unknown; pass base=")
-        base_folder = loading.resolve_source(base_source)
-        kind = loading.detect_format(base_folder)
-        non_lora = loading.load_torch_file(local / NON_LORA_FILE)
+        base_folder = resolve_source(base_source)
+        kind = detect_format(base_folder)
+        non_lora = load_torch_file(local / NON_LORA_FILE)
         info = {"checkpoint": checkpoint, "step": state.get("step"), "base": base_source, "out": str(out)}
         out.mkdir(parents=True, exist_ok=True)
         face = state.get("face_encoder", "none")
@@ -121,7 +123,7 @@ def export_checkpoint(
             _write_videollama2_lora(base_folder, base_source, local, out, state)
             info["format"] = "videollama2-lora"
         else:
-            loaded = loading.load_model(base_source, merge_lora=True)
+            loaded = load_model(base_source, merge_lora=True)
             model = loaded.model
             if face == "vision_tower":
                 add_face_branch(model, int(state.get("face_tokens_per_frame", 4)))
@@ -130,7 +132,7 @@ def export_checkpoint(
 
             peft_model = PeftModel.from_pretrained(model.llm, str(local / "adapter"), is_trainable=False)
             model.llm = peft_model.merge_and_unload() if merge else peft_model
-            loading.save_checkpoint(model, loaded.tokenizer, out)
+            save_checkpoint(model, loaded.tokenizer, out)
             info["format"] = "facetrack-merged" if merge else "facetrack-adapter"
         shutil.copyfile(local / TRAIN_STATE_FILE, out / TRAIN_STATE_FILE)
     write_json(out / EXPORT_INFO_FILE, info)
@@ -158,8 +160,6 @@ def _load_non_lora(model: FaceTrackMM, state: dict[str, torch.Tensor]) -> None:
 def _write_videollama2_lora(
     base_folder: Path, base_source: str, ckpt: Path, out: Path, state: dict[str, Any]
 ) -> None:
-    from facetrack.model import loading
-
     config = json.loads((base_folder / "config.json").read_text(encoding="utf-8"))
     config["_name_or_path"] = base_source
     if state.get("face_encoder", "none") != "none":  # a face branch the run may have added to the base
@@ -173,6 +173,6 @@ def _write_videollama2_lora(
         if item.is_file():
             shutil.copyfile(item, out / item.name)
     shutil.copyfile(ckpt / NON_LORA_FILE, out / NON_LORA_FILE)
-    for name in (*loading.TOKENIZER_FILES, "special_tokens_map.json"):
+    for name in (*TOKENIZER_FILES, "special_tokens_map.json"):
         if (base_folder / name).is_file():
             shutil.copyfile(base_folder / name, out / name)

@@ -12,7 +12,8 @@ import pytest
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random FaceTrack-MM saved as a VideoLLaMA2 folder, with the real Mistral tokenizer."""
     pytest.importorskip("peft", reason="fine-tuning needs peft (pip install 'facetrack[model]')")
-    from facetrack.model.loading import load_tokenizer, save_videollama2
+    from facetrack.model.language_model import load_tokenizer
+    from facetrack.model.saving import save_videollama2
     from facetrack.model.tiny import build_tiny, write_mistral_tokenizer
 
     root = tmp_path_factory.mktemp("tiny-model")

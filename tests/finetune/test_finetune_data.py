@@ -28,7 +28,7 @@ from facetrack.types import Clip
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("transformers")
-    from facetrack.model.loading import load_tokenizer
+    from facetrack.model.language_model import load_tokenizer
     from facetrack.model.tiny import write_mistral_tokenizer
 
     return load_tokenizer(write_mistral_tokenizer(tmp_path_factory.mktemp("tok")))

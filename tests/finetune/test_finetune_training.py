@@ -202,9 +202,11 @@ def test_a_face_branch_added_to_a_plain_base_survives_both_exports(tmp_path: Pat
     """A VideoLLaMA2 base without a face branch gets FaceTrack-MM's (vision tower on the crops plus a new
     projector); both export formats carry it, and the captioner's loader rebuilds the same model."""
     from facetrack.model.export import export_checkpoint
-    from facetrack.model.loading import load_model, load_tokenizer, save_videollama2
+    from facetrack.model.language_model import load_tokenizer
+    from facetrack.model.loading import load_model
     from facetrack.model.lora import add_face_branch
     from facetrack.model.run_checkpoints import save_trainables
+    from facetrack.model.saving import save_videollama2
     from facetrack.model.tiny import build_tiny, tiny_spec, write_mistral_tokenizer
 
     tokenizer = load_tokenizer(write_mistral_tokenizer(tmp_path / "tok"))

@@ -22,7 +22,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model) -> Path:
     """The tiny model written in the VideoLLaMA2 folder format with the real Mistral tokenizer files."""
-    from facetrack.model.loading import save_videollama2
+    from facetrack.model.saving import save_videollama2
     from facetrack.model.tiny import write_mistral_tokenizer
 
     out = tmp_path_factory.mktemp("tiny-videollama2")

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from facetrack.model.loading import CheckpointError, load_model, save_checkpoint, save_videollama2
+from facetrack.model.loading import CheckpointError, load_model
 from facetrack.model.modeling import checkpoint_state
+from facetrack.model.saving import save_checkpoint, save_videollama2
 from facetrack.model.tiny import build_tiny, tiny_spec, write_mistral_tokenizer
 
 TINY_SWIN = {

@@ -178,7 +178,10 @@ def test_spec_records_preprocess_and_reads_the_old_key() -> None:
 
 
 def test_checkpoints_caption_with_the_preprocessing_they_record(tmp_path: Path, tiny_dir: Path) -> None:
-    from facetrack.model.loading import OUR_CONFIG, load_model, load_tokenizer, save_checkpoint
+    from facetrack.model.checkpoint_files import OUR_CONFIG
+    from facetrack.model.language_model import load_tokenizer
+    from facetrack.model.loading import load_model
+    from facetrack.model.saving import save_checkpoint
     from facetrack.model.tiny import build_tiny, tiny_spec
 
     # Ours: a model trained with pad writes it into facetrack.json and loads back padding.

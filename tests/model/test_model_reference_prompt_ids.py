@@ -55,7 +55,7 @@ def test_llama2_prompt_text(case: dict) -> None:
 @pytest.mark.parametrize("layout", ["model_only", "with_json"])
 @pytest.mark.parametrize("case", CASES, ids=[f"instruction{i}" for i in range(len(CASES))])
 def test_llama2_prompt_ids(case: dict, layout: str, tokenizer_dirs: dict[str, Path]) -> None:
-    from facetrack.model.loading import load_tokenizer
+    from facetrack.model.language_model import load_tokenizer
     from facetrack.model.prompt import prompt_ids
 
     tokenizer = load_tokenizer(tokenizer_dirs[layout])

@@ -105,7 +105,7 @@ def build_layouts(root: Path) -> dict[str, Any]:
     """
     from safetensors.torch import save_file
 
-    from facetrack.model.loading import save_videollama2
+    from facetrack.model.saving import save_videollama2
     from facetrack.model.tiny import write_mistral_tokenizer
 
     root.mkdir(parents=True, exist_ok=True)
@@ -299,7 +299,7 @@ def test_pad_mode_gives_videollama2s_padded_pixels(built: dict[str, Any], golden
 
 def test_videollama2_folder_keeps_a_top_level_rope_theta(tmp_path: Path) -> None:
     """VideoLLaMA2's transformers 4.40 reads a top-level rope_theta (else RoPE runs with 10000)."""
-    from facetrack.model.loading import save_videollama2
+    from facetrack.model.saving import save_videollama2
 
     save_videollama2(_tiny(0), tmp_path / "tiny")
     cfg = json.loads((tmp_path / "tiny" / "config.json").read_text())
