@@ -17,9 +17,11 @@ import argparse
 import importlib
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -146,6 +148,13 @@ def run(
     pairing: Pairing, config: EvalConfig, out_uri: str, workers: int = 2, items_per_task: int = 8
 ) -> dict[str, Any]:
     """Score ``pairing`` on the connected Ray, write the reports under ``out_uri``, return the report."""
+    return run_scored(pairing, config, out_uri, workers, items_per_task)[0]
+
+
+def run_scored(
+    pairing: Pairing, config: EvalConfig, out_uri: str, workers: int = 2, items_per_task: int = 8
+) -> tuple[dict[str, Any], list[ItemResult]]:
+    """As :func:`run`, returning the per-item results with the report."""
     start = time.perf_counter()
     config, prompts = prepare(config)
     results, info, stats = score_on_ray(pairing, config, out_uri, workers, items_per_task, prompts)
@@ -155,7 +164,62 @@ def run(
     report["timings"]["total_s"] = time.perf_counter() - start
     report["job"] = {"workers": workers, "items_per_task": items_per_task, "ray": ray.__version__}
     write_reports(report, results, pairing, config, out_uri)
-    return report
+    return report, results
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "x"
+
+
+def run_many(
+    systems: Sequence[tuple[str, Pairing]],
+    judges: Sequence[tuple[str, EvalConfig]],
+    out_uri: str,
+    workers: int = 2,
+    items_per_task: int = 8,
+) -> dict[str, Any]:
+    """Score every system with every judge, then write the summary with the judge-agreement section.
+
+    Each system and judge gets its full report under ``<out>/runs/<system>/<judge>/``; ``<out>`` gets
+    ``report.json`` and ``report.md`` (:func:`evaluation.agreement.write_summary`). The judges share one
+    cache (``<out>/judge_cache`` unless ``cache`` is set): its keys name the judge and its model, so
+    each judge asks only what it has not answered before.
+    """
+    from evaluation.agreement import Run, write_summary
+
+    runs = []
+    for system, pairing in systems:
+        for label, config in judges:
+            if not config.cache:
+                config = replace(config, cache=storage.join(out_uri, "judge_cache"))
+            config = replace(config, model_name=system)
+            sub = storage.join(out_uri, "runs", _slug(system), _slug(label))
+            log.info("scoring %s with judge %s -> %s", system, label, sub)
+            report, results = run_scored(pairing, config, sub, workers, items_per_task)
+            runs.append(Run(system=system, judge=label, results=results, report=report, out=sub))
+    return write_summary(runs, out_uri)
+
+
+def system_names(uris: Sequence[str]) -> list[str]:
+    """Systems named by their prediction files' stems (``a/preds.jsonl`` -> ``preds``), made unique."""
+    names: list[str] = []
+    for uri in uris:
+        stem = uri.rstrip("/").rsplit("/", 1)[-1]
+        for ext in (".gz", ".jsonl", ".json"):
+            stem = stem.removesuffix(ext)
+        name, k = stem or "preds", 2
+        while name in names:
+            name, k = f"{stem}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def print_summary(summary: dict[str, Any], out: str) -> None:
+    """One line per system and judge, then where the summary is."""
+    for r in summary["runs"]:
+        cells = "  ".join(f"{c}={v:.3f}" for c, v in r["table"].items() if v is not None)
+        print(f"{r['system']} / {r['judge']}: {cells}")
+    print(f"reports: {out}/report.md, report.json (agreement), runs/<system>/<judge>/")
 
 
 def caption_benchmark(
@@ -203,38 +267,60 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
     connect(address, num_cpus)
 
 
+def _pred_uris(values: Sequence[str] | str | None) -> list[str]:
+    if isinstance(values, str):
+        values = [values]
+    return [u.strip() for v in values or () for u in v.split(",") if u.strip()]
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """``facetrack benchmark`` / ``python -m jobs.benchmark``: parse, connect to Ray, run, print a summary."""
+    from evaluation.judges import parse_judges
     from evaluation.results import ALL_METRICS
     from facetrack.commands.tem import eval_config_from_args, print_table
 
-    if bool(args.pred) == bool(args.caption_model):
+    pred_uris = _pred_uris(args.pred)
+    if bool(pred_uris) == bool(args.caption_model):
         print("benchmark: give exactly one of --pred and --caption-model", file=sys.stderr)
         return 2
     try:
         config = eval_config_from_args(args, ALL_METRICS)
+        judges = [("", config)]
+        if getattr(args, "judges", None):
+            judges = [
+                (label, replace(config, judge=jc)) for label, jc in parse_judges(args.judges, config.judge)
+            ]
         references = load_records(args.ref)
-        predictions = load_records(args.pred) if args.pred else None
+        predictions = [load_records(u) for u in pred_uris]
     except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
         print(f"benchmark: {exc}", file=sys.stderr)
         return 2
     _connect(args.address, args.num_cpus)
-    if predictions is None:
+    names = system_names(pred_uris)
+    if not predictions:
         try:
-            predictions = caption_benchmark(
-                references, args.caption_model, args.out, args.video_root, args.caption_override
-            )
+            predictions = [
+                caption_benchmark(
+                    references, args.caption_model, args.out, args.video_root, args.caption_override
+                )
+            ]
         except CaptionUnavailable as exc:
             print(f"benchmark: {exc}", file=sys.stderr)
             return 2
+        names = [config.model_name]
     try:
-        pairing = pair(predictions, references)
+        pairings = [pair(p, references) for p in predictions]
     except DataError as exc:
         print(f"benchmark: {exc}", file=sys.stderr)
         return 2
-    workers = max(1, args.workers)
+    workers, per_task = max(1, args.workers), max(1, args.items_per_task)
     try:
-        report = run(pairing, config, args.out, workers=workers, items_per_task=max(1, args.items_per_task))
+        if len(pairings) == 1 and len(judges) == 1:
+            report = run(pairings[0], judges[0][1], args.out, workers=workers, items_per_task=per_task)
+        else:
+            systems = list(zip(names, pairings))
+            labels = [(label or config.judge.kind, c) for label, c in judges]
+            summary = run_many(systems, labels, args.out, workers=workers, items_per_task=per_task)
     except (JudgeFatalError, ray.exceptions.RayTaskError) as exc:
         cause = getattr(exc, "cause", exc)
         if not isinstance(cause, JudgeFatalError):
@@ -244,7 +330,10 @@ def run_cli(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:  # e.g. a prompt set that lacks a stage
         print(f"benchmark: {exc}", file=sys.stderr)
         return 2
-    print_table(report, args.out.rstrip("/"))
+    if len(pairings) == 1 and len(judges) == 1:
+        print_table(report, args.out.rstrip("/"))
+    else:
+        print_summary(summary, args.out.rstrip("/"))
     return 0
 
 

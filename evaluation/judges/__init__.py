@@ -8,7 +8,7 @@ answers.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from evaluation.judges.base import Judge, JudgeError, JudgeFatalError
@@ -26,7 +26,16 @@ JUDGES: dict[str, str] = {
     "transformers": "evaluation.judges:_transformers",
 }
 
-__all__ = ["JUDGES", "Judge", "JudgeConfig", "JudgeError", "JudgeFatalError", "build_judge"]
+__all__ = [
+    "JUDGES",
+    "Judge",
+    "JudgeConfig",
+    "JudgeError",
+    "JudgeFatalError",
+    "build_judge",
+    "parse_judge_spec",
+    "parse_judges",
+]
 
 
 @dataclass
@@ -88,3 +97,40 @@ def build_judge(config: JudgeConfig | None = None, prompts: PromptSet | None = N
         raise ValueError(f"unknown judge kind {config.kind!r}; known: {', '.join(JUDGES)}")
     module_name, factory = JUDGES[config.kind].split(":")
     return getattr(importlib.import_module(module_name), factory)(config, prompts)
+
+
+def parse_judge_spec(spec: str, base: JudgeConfig | None = None) -> JudgeConfig:
+    """One entry of ``--judges``: ``KIND`` or ``KIND:MODEL`` on top of ``base`` (the run's judge settings).
+
+    ``MODEL`` is everything after the first colon (``openai:llama3:8b`` names model ``llama3:8b``): the
+    endpoint's model for ``openai``, a path or hub id for ``transformers``, a sentence-transformers
+    folder for ``embedded``. Every other setting (URL, sampling, prompts) comes from ``base``.
+
+    Raises:
+        ValueError: an empty spec or an unknown kind.
+    """
+    base = base or JudgeConfig()
+    kind, _, model = spec.strip().partition(":")
+    kind, model = kind.strip(), model.strip()
+    if not kind:
+        raise ValueError(f"judge spec {spec!r}: give KIND or KIND:MODEL, e.g. openai:gpt-4o-mini")
+    if kind not in JUDGES:
+        raise ValueError(f"judge spec {spec!r}: unknown kind {kind!r}; known: {', '.join(JUDGES)}")
+    config = replace(base, kind=kind)  # type: ignore[arg-type]
+    if model:
+        section = getattr(config, kind)
+        setattr(config, kind, replace(section, model=model))
+    return config
+
+
+def parse_judges(specs: str, base: JudgeConfig | None = None) -> list[tuple[str, JudgeConfig]]:
+    """``--judges A,B[,C]``: each spec (as :func:`parse_judge_spec`) with its label, the spec as written.
+
+    Raises:
+        ValueError: a bad spec, or the same spec twice.
+    """
+    labels = [s.strip() for s in specs.split(",") if s.strip()]
+    dupes = sorted({s for s in labels if labels.count(s) > 1})
+    if dupes:
+        raise ValueError(f"--judges names {', '.join(dupes)} more than once")
+    return [(label, parse_judge_spec(label, base)) for label in labels]
