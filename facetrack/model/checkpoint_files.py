@@ -39,6 +39,7 @@ BIN_WEIGHTS = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 PROJECTOR_FILE = "mm_projector.bin"
 NON_LORA_FILE = "non_lora_trainables.bin"
+"""VideoLLaMA2's name for the full-rank trainable weights saved next to a LoRA adapter."""
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from facetrack import storage
-from facetrack.model.checkpoint_files import TOKENIZER_FILES, detect_format, load_torch_file
+from facetrack.model.checkpoint_files import NON_LORA_FILE, TOKENIZER_FILES, detect_format, load_torch_file
 from facetrack.model.loading import load_model
 from facetrack.model.lora import add_face_branch
 from facetrack.model.modeling import FaceTrackMM
-from facetrack.model.run_checkpoints import NON_LORA_FILE, TRAIN_STATE_FILE, checkpoint_folders, write_json
+from facetrack.model.run_checkpoints import TRAIN_STATE_FILE, checkpoint_folders, write_json
 from facetrack.model.saving import save_checkpoint
 from facetrack.model.sources import resolve_source
 

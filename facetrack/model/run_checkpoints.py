@@ -11,11 +11,10 @@ from typing import Any
 import torch
 
 from facetrack import storage
+from facetrack.model.checkpoint_files import NON_LORA_FILE
 from facetrack.model.lora import is_lora_name
 from facetrack.model.modeling import FaceTrackMM, checkpoint_key
 
-NON_LORA_FILE = "non_lora_trainables.bin"
-"""VideoLLaMA2's name for the full-rank trainable weights saved next to a LoRA adapter."""
 TRAIN_STATE_FILE = "train_state.json"
 """A checkpoint's training state (step, data position, base model, face branch), written last."""
 
