@@ -62,11 +62,8 @@ def prepare(config: EvalConfig) -> tuple[EvalConfig, PromptSet]:
         for metric in config.metrics:
             prompts.require(METRIC_STAGES.get(metric, ()), metric)
     if "vcgpt" in config.metrics and not config.vcgpt.question:
-        if not prompts.fec_question:
-            raise ValueError(
-                f"prompt set {prompts.name} ({prompts.source}): common.fec_question is needed by vcgpt"
-            )
-        config = replace(config, vcgpt=replace(config.vcgpt, question=prompts.fec_question))
+        question = vcgpt.default_question(prompts)
+        config = replace(config, vcgpt=replace(config.vcgpt, question=question))
     return config, prompts
 
 

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evaluation.judges.base import VCGPT_CRITERIA, Judge, JudgeError
+
+if TYPE_CHECKING:
+    from evaluation.prompts import PromptSet
 
 
 @dataclass
@@ -52,20 +55,33 @@ class VcgptItem:
         return asdict(self)
 
 
-def default_question() -> str:
-    """The benchmark question the captions answer, from the versioned prompt data.
+def default_question(prompts: PromptSet | str | None = None) -> str:
+    """The benchmark question the captions answer, from the prompt set in use.
 
     Video-ChatGPT puts the question the model was asked in front of the judge; for FEC-Bench that is the
-    benchmark's captioning instruction.
-    """
-    from evaluation.prompts import load_common
+    benchmark's captioning instruction, the set's ``common.fec_question``.
 
-    return str(load_common()["fec_question"])
+    Args:
+        prompts: the set (or where it is: a file or folder, as ``--prompts``); ``None`` is the shipped set.
+
+    Raises:
+        ValueError: the set has no ``fec_question``.
+    """
+    from evaluation.prompts import PromptSet, load_prompt_set
+
+    chosen = prompts if isinstance(prompts, PromptSet) else load_prompt_set(prompts or None)
+    if not chosen.fec_question:
+        raise ValueError(
+            f"prompt set {chosen.name} ({chosen.source}): common.fec_question is needed by vcgpt"
+        )
+    return chosen.fec_question
 
 
 def judge_item(judge: Judge, item_id: str, prediction: str, reference: str, config: VcgptConfig) -> VcgptItem:
     """Score one item on the four criteria."""
-    question = config.question or default_question()
+    # The question of the run's prompt set: the pipeline puts it in ``config.question``; otherwise the set
+    # of an LLM judge, else the shipped one.
+    question = config.question or default_question(getattr(judge, "prompts", None))
     item = VcgptItem(id=item_id)
     inputs = {"question": question, "prediction": prediction, "reference": reference}
     for criterion in VCGPT_CRITERIA:

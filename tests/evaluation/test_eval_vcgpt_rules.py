@@ -11,6 +11,7 @@ import pytest
 
 import facetrack
 from evaluation import vcgpt
+from evaluation.judges import JudgeConfig
 from evaluation.judges.base import JudgeError
 from tests.evaluation.eval_helpers import golden
 
@@ -118,3 +119,41 @@ def test_vcgpt_prompts_ask_for_an_integer_from_0_to_5() -> None:
     for criterion in ("correctness", "detail", "context", "temporal"):
         text = load_prompt(f"vcgpt_{criterion}").user
         assert "integer" in text and "0" in text and "5" in text, criterion
+
+
+def test_the_question_comes_from_the_prompt_set_in_use(tmp_path: Path) -> None:
+    # A user's set (--prompts) governs the question, whether given to default_question or held by the judge.
+    import yaml
+
+    from evaluation.prompts import PROMPT_DIR, load_prompt_set
+    from evaluation.results import EvalConfig
+
+    stages = {p.stem: yaml.safe_load(p.read_text()) for p in PROMPT_DIR.glob("*.yaml") if p.stem != "common"}
+    common = {
+        **yaml.safe_load((PROMPT_DIR / "common.yaml").read_text()),
+        "fec_question": "Describe the face.",
+    }
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"name": "mine", "common": common, "stages": stages}))
+    assert vcgpt.default_question(str(mine)) == "Describe the face."
+    assert vcgpt.default_question(load_prompt_set(str(mine))) == "Describe the face."
+    seen: list[str] = []
+
+    class Recorder(FlakyJudge):
+        prompts = load_prompt_set(str(mine))
+
+        def ask(self, stage: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+            seen.append(inputs["question"])
+            return super().ask(stage, inputs)
+
+    vcgpt.judge_item(Recorder(SCORES, 0), "a", "p", "r", vcgpt.VcgptConfig())
+    assert seen == ["Describe the face."] * 4
+    from evaluation.pipeline import prepare
+
+    config, _ = prepare(EvalConfig(metrics=["vcgpt"], judge=JudgeConfig(kind="openai", prompts=str(mine))))
+    assert config.vcgpt.question == "Describe the face."
+    del common["fec_question"]
+    mine.write_text(yaml.safe_dump({"name": "mine2", "common": common, "stages": stages}))
+    load_prompt_set.cache_clear()
+    with pytest.raises(ValueError, match="fec_question"):
+        vcgpt.default_question(str(mine))
