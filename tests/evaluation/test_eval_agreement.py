@@ -244,3 +244,21 @@ def test_facetrack_benchmark_with_two_judges_and_two_systems(tmp_path: Path, ray
         calls = json.loads((out / "runs" / "vague" / judge / "report.json").read_text())["judge_calls"]
         assert calls["hits"] >= 3, "the reference events come from the good run's answers"
     assert asked <= 2 * (3 + 3 + 3) + 2 * (3 + 3)
+
+
+def test_the_nolexicon_variant_is_the_embedded_judge_without_its_lexicon(embedded_judge) -> None:
+    from evaluation.judges import build_judge
+
+    config = parse_judge_spec("embedded-nolexicon")
+    assert config.kind == "embedded" and config.embedded.lexicon is False
+    plain = build_judge(config)
+    assert plain.name == embedded_judge.name + "-nolexicon"
+    assert plain.stage_version("tem_relations") != embedded_judge.stage_version("tem_relations")
+    pred, ref = ["he frowns"], ["he smiles"]
+    assert embedded_judge.relations(pred, ref) == [["opposite"]]
+    assert plain.relations(pred, ref) == [["unrelated"]]  # no antonyms without the lexicon
+    caption = "He blinks, then he smiles and nods."
+    assert plain.events(caption) == embedded_judge.events(caption)  # the same events either way
+    sim = float((plain.embed(["he blinks"]) @ plain.embed(["he blinks twice"]).T)[0, 0])
+    expected = "same" if sim >= plain.config.same_threshold else "unrelated"
+    assert plain.relations(["he blinks"], ["he blinks twice"]) == [[expected]]
