@@ -198,14 +198,22 @@ DEFAULT_VARIANTS = [
 
 
 class CountingAnalyser:
-    """Wraps an analyser and counts its detector calls (works with any stage version)."""
+    """Wraps an analyser and counts its detector calls, one per frame (batched calls too)."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self.calls = 0
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        value = getattr(self._inner, name)
+        if name != "detect_batch":
+            return value
+
+        def detect_batch(images: Any, frames: Any) -> Any:
+            self.calls += len(images)
+            return value(images, frames)
+
+        return detect_batch
 
     def detect(self, image: Any, frame: int = 0) -> Any:
         self.calls += 1

@@ -95,9 +95,14 @@ class FaceConfig:
     """The adaptive detection stride (the default, 8): the detector runs at least every this many tracking
     frames, and earlier on a shot cut, a failed carry check or growing uncertainty; faces are carried in
     between (see :mod:`facetrack.faces.carry`). 1 detects on every tracking frame (for comparison)."""
+    detect_batch: int = 8
+    """With ``detect_every=1`` and an analyser that has ``detect_batch`` (insightface), the detector sees
+    this many tracking frames per call (batched on its device)."""
     stride: StrideConfig = field(default_factory=StrideConfig)
 
     def __post_init__(self) -> None:
+        if self.detect_batch < 1:
+            raise ValueError("detect_batch must be at least 1")
         if self.detect_size < 32:
             raise ValueError("detect_size must be at least 32")
         if not 0.0 <= self.min_score <= 1.0:

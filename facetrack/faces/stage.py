@@ -236,6 +236,41 @@ class FaceTrackStage:
         stats: Counter[str] = Counter()
         reuse = _EmbeddingReuse(cfg.faces.reembed_every)
         planner = StridePlanner(cfg.faces.detect_every, cfg.faces.stride)
+        # Every-frame detection with an analyser that detects on several frames in one call: batch it.
+        batch_detect = getattr(analyser, "detect_batch", None) if cfg.faces.detect_every == 1 else None
+        batch_size = cfg.faces.detect_batch
+        pending: list[tuple[np.ndarray, int]] = []
+
+        def track(image: np.ndarray, k: int, faces: list[Face], detect_start: float | None) -> None:
+            """Embed a detected frame's faces (``detect_start`` set) or take carried ones; track them."""
+            if detect_start is not None:
+                need = reuse.assign(faces)
+                if need:
+                    embs = analyser.embed(image, [faces[i] for i in need])
+                    for i, emb in zip(need, embs):
+                        faces[i].embedding = emb
+                reuse.remember(faces)
+                t2 = time.perf_counter()
+                planner.detected(faces, image)
+                timings["carry"] += time.perf_counter() - t2
+                timings["detect_embed"] += t2 - detect_start
+                stats["detector_calls"] += 1
+                stats["embedded"] += len(need)
+            stats["faces"] += len(faces)
+            t0 = time.perf_counter()
+            tracker.update(faces, image, k)
+            timings["track"] += time.perf_counter() - t0
+
+        def flush() -> None:
+            if not pending:
+                return
+            t1 = time.perf_counter()
+            found = batch_detect([image for image, _ in pending], [k for _, k in pending])
+            for (image, k), faces in zip(pending, found):
+                track(image, k, list(faces), t1)
+                t1 = time.perf_counter()
+            pending.clear()
+
         t0 = time.perf_counter()
         with open_video(
             video.uri, backend=cfg.video.backend, threads=cfg.video.threads, seek_gap=cfg.video.seek_gap
@@ -263,32 +298,24 @@ class FaceTrackStage:
                     continue
                 k = len(tracking_times)
                 tracking_times.append(item.timestamp)
+                if batch_detect is not None:
+                    planner.plan(item.image, k)  # counts the reason ("every")
+                    image = item.image if item.image.base is None else item.image.copy()
+                    pending.append((image, k))
+                    if len(pending) >= batch_size:
+                        flush()
+                    continue
                 t0 = time.perf_counter()
                 carried = planner.plan(item.image, k)
                 t1 = time.perf_counter()
                 timings["carry"] += t1 - t0
                 if carried is None:
-                    faces = analyser.detect(item.image, k)
-                    need = reuse.assign(faces)
-                    if need:
-                        embs = analyser.embed(item.image, [faces[i] for i in need])
-                        for i, emb in zip(need, embs):
-                            faces[i].embedding = emb
-                    reuse.remember(faces)
-                    t2 = time.perf_counter()
-                    planner.detected(faces, item.image)
-                    timings["carry"] += time.perf_counter() - t2
-                    timings["detect_embed"] += t2 - t1
-                    stats["detector_calls"] += 1
-                    stats["embedded"] += len(need)
+                    track(item.image, k, analyser.detect(item.image, k), t1)
                 else:
-                    faces = carried
-                    reuse.follow(faces)
+                    reuse.follow(carried)
                     stats["carried_frames"] += 1
-                stats["faces"] += len(faces)
-                t0 = time.perf_counter()
-                tracker.update(faces, item.image, k)
-                timings["track"] += time.perf_counter() - t0
+                    track(item.image, k, carried, None)
+            flush()
         missing = [i for i, m in enumerate(model) if m is None]
         if missing or not tracking_times:
             raise VideoError(

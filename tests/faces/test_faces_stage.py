@@ -239,3 +239,39 @@ def test_track_command_reads_and_writes_s3(tmp_path: Path, clips, s3_bucket: str
     record = json.loads(storage.read_text(f"{out}/no-face.mp4.json"))
     assert record["video"] == src and record["error"] is None and record["tracks"] == []
     assert storage.exists(f"{out}/no-face.mp4.png") and storage.exists(f"{out}/summary.json")
+
+
+class _Batching:
+    """An analyser with ``detect_batch`` (as insightface has) wrapped around the built-in one."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.batches: list[list[int]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def detect(self, image, frame: int = 0):
+        raise AssertionError("every-frame detection should go through detect_batch")
+
+    def detect_batch(self, images, frames):
+        self.batches.append(list(frames))
+        return [self._inner.detect(image, k) for image, k in zip(images, frames)]
+
+
+def test_every_frame_detection_is_batched_when_the_analyser_can(clips) -> None:
+    from facetrack.faces.dlib_backend import DlibFaceAnalyser
+
+    analyser = DlibFaceAnalyser(FaceConfig(backend="builtin", upsample=0))
+    analyser.setup()
+    faces = FaceConfig(backend="builtin", detect_every=1, upsample=0, detect_batch=8)
+    plain = FaceTrackStage(FaceTrackConfig(faces=faces), analyser=analyser).process(clips["occlusion"].path)
+    batching = _Batching(analyser)
+    batched = FaceTrackStage(FaceTrackConfig(faces=faces), analyser=batching).process(clips["occlusion"].path)
+    assert batched.error is None
+    frames = [k for batch in batching.batches for k in batch]
+    assert frames == list(range(batched.n_tracking_frames))
+    assert all(len(b) == 8 for b in batching.batches[:-1]) and 1 <= len(batching.batches[-1]) <= 8
+    assert batched.stats == plain.stats
+    assert [t.frames for t in batched.tracks] == [t.frames for t in plain.tracks]
+    assert np.allclose(batched.main_boxes, plain.main_boxes)
