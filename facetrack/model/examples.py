@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +14,8 @@ from facetrack import storage
 from facetrack.data import Example
 from facetrack.model.modeling import FaceTrackMM
 from facetrack.model.schedule import DataOrder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -172,21 +174,32 @@ def longest_prompt(tokenizer: Any, templates: Sequence[str]) -> int:
     )
 
 
-def model_num_frames(source: str) -> int:
-    """The frame count a checkpoint was trained with, read from its config only (no weights)."""
-    from facetrack.model.checkpoint_files import OUR_CONFIG
-    from facetrack.model.sources import resolve_source
+def model_num_frames(
+    source: str | os.PathLike, default: int | None = 8, cache_dir: str | os.PathLike | None = None
+) -> int | None:
+    """The frame count a checkpoint was made for, read from its small config file only (no weights).
 
-    if not (storage.is_remote(source) or Path(source).is_dir()):  # a hub id: its config files only
-        try:
-            from huggingface_hub import hf_hub_download
+    Args:
+        source: a local folder, a remote prefix (``s3://``, ``gs://``, ``memory://``, ...) or a hub id.
+        default: returned when the config does not say (a VideoLLaMA2 ``config.json`` without
+            ``num_frames``: VideoLLaMA2 itself then takes 8) or cannot be read (missing, offline and not
+            cached, denied); the reason is logged as a warning.
+        cache_dir: the hub's cache folder (default: the hub's).
 
-            config = json.loads(Path(hf_hub_download(source, "config.json")).read_text())
-            return int(config.get("num_frames") or 8)
-        except Exception:  # noqa: BLE001 - any hub failure: let the loader resolve (and explain) it
-            source = str(resolve_source(source))
-    ours = storage.join(source, OUR_CONFIG)
-    if storage.exists(ours):
-        return int(json.loads(storage.read_text(ours))["spec"].get("num_frames") or 8)
-    config = json.loads(storage.read_text(storage.join(source, "config.json")))
-    return int(config.get("num_frames") or 8)
+    Returns:
+        ``spec.num_frames`` of ``facetrack.json``, else ``num_frames`` of ``config.json``, else ``default``.
+    """
+    from facetrack.model.checkpoint_files import OUR_CONFIG, CheckpointError
+    from facetrack.model.sources import read_config_file
+
+    try:
+        found = read_config_file(source, (OUR_CONFIG, "config.json"), cache_dir)
+    except CheckpointError as exc:
+        log.warning("%s: using %s model frames: %s", os.fspath(source), default, exc)
+        return default
+    if found is None:
+        log.warning("%s: no %s or config.json; using %s model frames", os.fspath(source), OUR_CONFIG, default)
+        return default
+    name, config = found
+    frames = (config.get("spec") or {}).get("num_frames") if name == OUR_CONFIG else config.get("num_frames")
+    return int(frames) if frames else default

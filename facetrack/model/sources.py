@@ -4,10 +4,13 @@ local cache through :mod:`facetrack.storage`, or a Hugging Face hub id; and the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from facetrack.model.checkpoint_files import CheckpointError
 
@@ -61,6 +64,84 @@ def mirror_prefix(prefix: str, cache_dir: str | os.PathLike | None = None) -> Pa
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def _local_folder(source: str) -> Path | None:
+    """The local folder ``source`` names, or None when it is a hub id (``org/name``) and no such folder.
+
+    Raises:
+        CheckpointError: a file, or neither a folder nor of a hub id's form.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{source} is a file; a checkpoint is a folder")
+    if not _HUB_ID.match(source) or source.startswith((".", "/", "~")):
+        raise CheckpointError(f"no checkpoint folder at {source}")
+    return None
+
+
+def read_config_file(
+    source: str | os.PathLike, names: Sequence[str], cache_dir: str | os.PathLike | None = None
+) -> tuple[str, dict[str, Any]] | None:
+    """The first of ``names`` (small JSON files such as ``config.json``) that checkpoint ``source`` holds.
+
+    Only that file is read: nothing else of the checkpoint (no weights) is mirrored or downloaded.
+
+    Args:
+        source: a local folder (``~`` expanded), a remote prefix (``s3://``, ``gs://``, ``memory://`` and
+            the other :mod:`facetrack.storage` schemes) or a Hugging Face hub id (``hf_hub_download`` of
+            that one file, cached by the hub's own cache).
+        names: file names to try, in order.
+        cache_dir: the hub's cache folder (default: the hub's).
+
+    Returns:
+        ``(name, parsed JSON object)``, or None when the checkpoint holds none of the files.
+
+    Raises:
+        CheckpointError: the source does not exist or cannot be read (offline and not cached, denied, not
+            JSON).
+    """
+    from facetrack import storage
+
+    source = os.fspath(source)
+    try:
+        folder = None if storage.is_remote(source) else _local_folder(source)
+        if folder is None and not storage.is_remote(source):
+            return _read_hub_config(source, names, cache_dir)
+        for name in names:
+            uri = storage.join(source, name) if folder is None else str(folder / name)
+            if storage.exists(uri):
+                data = json.loads(storage.read_text(uri))
+                if not isinstance(data, dict):
+                    raise CheckpointError(f"{uri} must hold a JSON object")
+                return name, data
+        if folder is None and not storage.exists(source.rstrip("/") + "/"):
+            raise CheckpointError(f"no checkpoint under {source}")
+    except (storage.StorageError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read the config of {source}: {exc}") from exc
+    return None
+
+
+def _read_hub_config(
+    repo_id: str, names: Sequence[str], cache_dir: str | os.PathLike | None
+) -> tuple[str, dict[str, Any]] | None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    for name in names:
+        try:
+            path = hf_hub_download(repo_id, name, cache_dir=None if cache_dir is None else str(cache_dir))
+        except Exception as exc:  # noqa: BLE001 - offline and not cached, no such repo, gated, HTTP errors
+            if isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError):
+                continue  # the repo lacks this file: try the next
+            raise CheckpointError(f"cannot fetch {name} of {repo_id} from the hub: {exc}") from exc
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{name} of {repo_id} must hold a JSON object")
+        return name, data
+    return None
+
+
 def resolve_source(source: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """A local folder for a checkpoint given as a folder, an ``s3://`` prefix or a hub id.
 
@@ -72,13 +153,9 @@ def resolve_source(source: str, cache_dir: str | os.PathLike | None = None) -> P
     source = os.fspath(source)
     if storage.is_remote(source):
         return mirror_prefix(source, cache_dir)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise CheckpointError(f"{source} is a file; a checkpoint is a folder")
-    if not _HUB_ID.match(source) or source.startswith((".", "/", "~")):
-        raise CheckpointError(f"no checkpoint folder at {source}")
+    folder = _local_folder(source)
+    if folder is not None:
+        return folder
     try:
         from huggingface_hub import snapshot_download
 
