@@ -2,6 +2,7 @@
 
     python -m jobs.benchmark --ref REFS --pred PREDS --out OUT [--judge ...] [key=value ...]
     python -m jobs.benchmark --ref REFS --caption-model CKPT --video-root VIDEOS --out OUT
+    python -m jobs.benchmark --ref REFS --pred A --pred B --judges embedded,openai:MODEL --out OUT
 
 REFS and PREDS are FEC-Bench style files (local or ``s3://``); OUT gets ``report.json``, ``report.md``,
 ``items.csv``, ``tem_plot.png`` and, by default, the judge cache (``judge_cache/``), so a re-run or a
@@ -9,6 +10,10 @@ resumed run asks the judge nothing it already answered. Judge calls run in ``--w
 with at most ``concurrency`` requests in flight (the judge's own bound by default); a transformers judge
 gets a GPU per actor. The corpus metrics (CIDEr's document frequencies, TEM's means) are computed on the
 driver once every item is back.
+
+With several judges (``--judges``) or prediction files, every system is scored by every judge in turn
+(:func:`run_many`): full reports under ``OUT/runs/<system>/<judge>/``, one shared judge cache, and at
+``OUT`` a summary with the judge-agreement section (:mod:`evaluation.agreement`).
 """
 
 from __future__ import annotations
