@@ -308,17 +308,9 @@ def config_from_args(args: argparse.Namespace) -> CaptionJobConfig:
 
 def checkpoint_frames(model: str) -> int | None:
     """The number of model frames ``model`` was made for (from its config only), or None if unknown."""
-    try:
-        if storage.is_remote(model) or os.path.isdir(os.path.expanduser(model)):
-            from facetrack.model.examples import model_num_frames
+    from facetrack.model.examples import model_num_frames
 
-            return model_num_frames(os.path.expanduser(model))
-        from huggingface_hub import hf_hub_download  # a hub id: its config.json only, cached or fetched
-
-        config = json.loads(open(hf_hub_download(model, "config.json")).read())
-        return int(config["num_frames"]) if config.get("num_frames") else None
-    except Exception:  # noqa: BLE001 - offline, no such model, unreadable: keep the configured default
-        return None
+    return model_num_frames(os.path.expanduser(model), default=None)
 
 
 def main(argv: list[str] | None = None) -> int:
