@@ -262,3 +262,17 @@ def test_the_nolexicon_variant_is_the_embedded_judge_without_its_lexicon(embedde
     sim = float((plain.embed(["he blinks"]) @ plain.embed(["he blinks twice"]).T)[0, 0])
     expected = "same" if sim >= plain.config.same_threshold else "unrelated"
     assert plain.relations(["he blinks"], ["he blinks twice"]) == [[expected]]
+
+
+def test_prediction_files_name_the_systems() -> None:
+    pytest.importorskip("ray")
+    from jobs.benchmark import _pred_uris, system_names
+
+    assert _pred_uris(["a.json, b/preds.jsonl", "s3://x/c.json"]) == [
+        "a.json",
+        "b/preds.jsonl",
+        "s3://x/c.json",
+    ]
+    assert _pred_uris("one.json") == ["one.json"] and _pred_uris(None) == []
+    names = system_names(["a/preds.jsonl", "b/preds.json", "s3://x/other.json", "c/preds.json"])
+    assert names == ["preds", "preds-2", "other", "preds-3"]
