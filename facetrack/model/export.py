@@ -12,6 +12,7 @@ import torch
 
 from facetrack import storage
 from facetrack.model.checkpoint_files import NON_LORA_FILE, TOKENIZER_FILES, detect_format, load_torch_file
+from facetrack.model.language_model import apply_adapter
 from facetrack.model.loading import load_model
 from facetrack.model.lora import add_face_branch
 from facetrack.model.modeling import FaceTrackMM
@@ -95,7 +96,7 @@ def export_checkpoint(
 
     Raises:
         ExportError: no checkpoint, or it lacks a part.
-        facetrack.model.checkpoint_files.CheckpointError: the base model cannot be loaded.
+        facetrack.model.checkpoint_files.CheckpointError: the base model or the adapter cannot be loaded.
     """
     import tempfile
 
@@ -128,10 +129,7 @@ def export_checkpoint(
             if face == "vision_tower":
                 add_face_branch(model, int(state.get("face_tokens_per_frame", 4)))
             _load_non_lora(model, non_lora)
-            from peft import PeftModel
-
-            peft_model = PeftModel.from_pretrained(model.llm, str(local / "adapter"), is_trainable=False)
-            model.llm = peft_model.merge_and_unload() if merge else peft_model
+            apply_adapter(model, local / "adapter", merge)
             save_checkpoint(model, loaded.tokenizer, out)
             info["format"] = "facetrack-merged" if merge else "facetrack-adapter"
         shutil.copyfile(local / TRAIN_STATE_FILE, out / TRAIN_STATE_FILE)

@@ -22,6 +22,7 @@ from facetrack.video.sampling import (
     SamplePlan,
     VideoConfig,
     VideoError,
+    VideoInfo,
     plan_samples,
 )
 
@@ -192,21 +193,18 @@ def sample_frames(
         if any(m is None for m in model) or not tracking:
             raise VideoError(video.info.name, "ended before all sample frames were decoded")
         info = video.info
-    model_frames = Frames(
-        np.stack([m.image for m in model]),
-        [m.index for m in model],
-        [m.timestamp for m in model],
+    return _as_frames([m for m in model if m is not None], info), _as_frames(tracking, info)
+
+
+def _as_frames(items: list[SampledFrame], info: VideoInfo) -> Frames:
+    """Decoded frames stacked into :class:`Frames`, in the given order."""
+    return Frames(
+        np.stack([m.image for m in items]),
+        [m.index for m in items],
+        [m.timestamp for m in items],
         info.fps,
         info.duration,
     )
-    tracking_frames = Frames(
-        np.stack([f.image for f in tracking]),
-        [f.index for f in tracking],
-        [f.timestamp for f in tracking],
-        info.fps,
-        info.duration,
-    )
-    return model_frames, tracking_frames
 
 
 def stream_samples(video: Video, plan: SamplePlan) -> Iterator[tuple[SampledFrame, tuple[int, ...], bool]]:

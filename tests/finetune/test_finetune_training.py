@@ -19,6 +19,14 @@ from facetrack.model.train_settings import TrainSettings, resolve_deepspeed_conf
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 
 
+def tiny_inputs() -> tuple[torch.Tensor, list[torch.Tensor], list[list[int]]]:
+    """One clip of 8 random frames, its face crops, and a prompt with the video placeholder (-201)."""
+    frames = torch.randn(1, 8, 3, 112, 112)
+    faces = [torch.randn(8, 3, 112, 112)]
+    ids = [[1, 733, -201, 28705, 13, 22557, 733]]
+    return frames, faces, ids
+
+
 def test_data_order_covers_each_epoch_once_and_is_deterministic() -> None:
     order = DataOrder(n_examples=23, world_size=2, micro_batch=2, grad_accum=3, seed=7)
     assert order.global_batch == 12 and order.steps_per_epoch == 1
@@ -109,9 +117,7 @@ def test_lora_targets_the_llm_linears_and_projectors_train_at_full_rank() -> Non
     model = build_tiny(seed=0)
     targets = lora_target_modules(model.llm)
     assert targets == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
-    frames = torch.randn(1, 8, 3, 112, 112)
-    faces = [torch.randn(8, 3, 112, 112)]
-    ids = [[1, 733, -201, 28705, 13, 22557, 733]]
+    frames, faces, ids = tiny_inputs()
     model.eval()
     with torch.no_grad():
         before = model(ids, frames, faces).logits
@@ -232,9 +238,7 @@ def test_a_face_branch_added_to_a_plain_base_survives_both_exports(tmp_path: Pat
     info = export_checkpoint(str(tmp_path / "run"), tmp_path / "adapter")
     merged = export_checkpoint(str(run), tmp_path / "merged", merge=True)
     assert info["format"] == "videollama2-lora" and merged["format"] == "facetrack-merged"
-    frames = torch.randn(1, 8, 3, 112, 112)
-    faces = [torch.randn(8, 3, 112, 112)]
-    ids = [[1, 733, -201, 28705, 13, 22557, 733]]
+    frames, faces, ids = tiny_inputs()
     model.eval()
     with torch.no_grad():
         expected = model(ids, frames, faces).logits
