@@ -191,7 +191,10 @@ def test_exported_adapter_loads_in_the_captioner_and_changes_its_output(
     assert (tmp_path / "adapter" / "non_lora_trainables.bin").is_file()
 
     def captions(model: Path) -> list[str]:
-        captioner = Captioner(CaptionerConfig(model=str(model), max_new_tokens=12, batch_size=2))
+        # The prompt the run was trained with, for every folder: by default a VideoLLaMA2 v1 folder is
+        # asked with the llama2 template and one in our format with the chat template.
+        config = CaptionerConfig(model=str(model), max_new_tokens=12, batch_size=2, prompt_style="chat")
+        captioner = Captioner(config)
         results = captioner.caption(clips)
         assert all(r.ok for r in results), [r.error for r in results]
         return [r.caption for r in results]
