@@ -343,7 +343,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from facetrack.commands import benchmark as command
+    from jobs import benchmark_args as command
 
     parser = argparse.ArgumentParser(
         prog="python -m jobs.benchmark",
