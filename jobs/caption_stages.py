@@ -151,8 +151,8 @@ def track_rows(
         except Exception as exc:  # a sheet that cannot be written costs the sheet, never the caption
             warnings.append(f"sheet: {type(exc).__name__}: {exc}")
         timings["sheet"] = time.perf_counter() - t1
-    for r in rows:
-        r["timings"], r["warnings"] = json.dumps(timings), json.dumps(warnings)
+    for i, r in enumerate(rows):  # the video's tracking seconds once, on its first row, so they add up
+        r["timings"], r["warnings"] = json.dumps(timings if i == 0 else {}), json.dumps(warnings)
     return rows
 
 

@@ -93,6 +93,8 @@ def test_select_mode_all_writes_one_row_per_character_and_resumes(
     assert first["margin"] is not None and first["margin"] == second["margin"]
     assert first["track_id"] != second["track_id"]
     assert all(r["caption"] is not None and r["error"] is None for r in rows.values())
+    tracked = [r for r in rows.values() if "track_total" in r["timings"]]
+    assert sorted(r["id"] for r in tracked) == ["nobody", "talk#0"], "a video's tracking time counts once"
     assert summary["counts"]["done"] == 3 and summary["counts"]["videos"] == 2
 
     # A run stopped after the first character: its shard is there, the second's is not.
