@@ -300,17 +300,12 @@ def config_from_args(args: argparse.Namespace) -> CaptionJobConfig:
     given = [o for o in args.overrides if o.split("=", 1)[0].strip() == "track.video.num_frames"]
     in_file = args.config and "num_frames" in ((read_yaml(args.config).get("track") or {}).get("video") or {})
     if not given and not in_file:  # sample the frames the checkpoint was made for (VideoLLaMA2's own)
-        frames = checkpoint_frames(cfg.captioner.model or DEFAULT_MODEL)
+        from facetrack.model.examples import model_num_frames
+
+        frames = model_num_frames(cfg.captioner.model or DEFAULT_MODEL, default=None)
         if frames:
             cfg.track.video.num_frames = frames
     return cfg
-
-
-def checkpoint_frames(model: str) -> int | None:
-    """The number of model frames ``model`` was made for (from its config only), or None if unknown."""
-    from facetrack.model.examples import model_num_frames
-
-    return model_num_frames(os.path.expanduser(model), default=None)
 
 
 def main(argv: list[str] | None = None) -> int:
